@@ -1,0 +1,57 @@
+//! groundcrew's job core (queues, transactional enqueue, worker runtime, scheduler) and the
+//! domain of every job family. Binaries are thin wrappers around what is here.
+
+pub mod broker;
+pub mod db;
+pub mod job;
+pub mod maintenance;
+pub mod outbox;
+pub mod process;
+pub mod queue;
+pub mod registry;
+pub mod schedule;
+pub mod settings;
+pub mod telemetry;
+pub mod worker;
+
+use std::sync::Arc;
+
+pub use job::{Job, JobContext, JobError, Policy};
+pub use outbox::{JobTx, RunAt};
+pub use queue::Queue;
+pub use settings::CoreSettings;
+
+/// Everything a handler or a route needs to reach the outside world. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub db: sqlx::PgPool,
+    pub broker: broker::Broker,
+    pub settings: Arc<CoreSettings>,
+}
+
+impl Services {
+    /// Builds the handles without connecting: a process starts while a store is down.
+    pub fn new(settings: CoreSettings, max_db_connections: u32) -> Result<Self, StartError> {
+        Ok(Services {
+            db: db::pool(&settings.database_url, max_db_connections)?,
+            broker: broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?,
+            settings: Arc::new(settings),
+        })
+    }
+
+    pub async fn begin(&self) -> Result<JobTx, sqlx::Error> {
+        JobTx::begin(self).await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] settings::ConfigError),
+    #[error("DATABASE_URL: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}

@@ -1,0 +1,96 @@
+//! The maintenance family: cron work, and the canary kinds used by benchmarks and health checks.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    job::{Backoff, Job, JobContext, JobError, Policy},
+    queue::Queue,
+};
+
+crate::queue_jobs! {
+    /// Cron work and canaries.
+    pub enum MaintenanceJob for Queue::Maintenance {
+        Noop(Noop),
+        Canary(Canary),
+    }
+}
+
+/// Does nothing and records nothing: the unit of the throughput benchmarks, and the job the
+/// `canary` schedule sends through scheduler → queue → worker.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Noop {}
+
+impl Job for Noop {
+    const KIND: &'static str = "maintenance.noop";
+    const QUEUE: Queue = Queue::Maintenance;
+
+    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
+        Ok(())
+    }
+}
+
+/// A job whose effect is visible in Postgres: it records each attempt, holds for `hold_ms`,
+/// then records its effect once per job id (a re-run finds it done), or fails the way it is
+/// told to. Operators use
+/// it to prove a deployment end to end; the crash and retry tests use it to count effects.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Canary {
+    #[serde(default)]
+    pub hold_ms: u64,
+    #[serde(default)]
+    pub fail: CanaryFailure,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryFailure {
+    #[default]
+    Never,
+    /// A transient error on every attempt.
+    Always,
+    /// A permanent error at once.
+    Permanent,
+}
+
+impl Job for Canary {
+    const KIND: &'static str = "maintenance.canary";
+    const QUEUE: Queue = Queue::Maintenance;
+    const POLICY: Policy = Policy {
+        max_attempts: 4,
+        timeout: Duration::from_secs(120),
+        backoff: Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(10),
+        },
+    };
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        sqlx::query(
+            "INSERT INTO canary_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)",
+        )
+        .bind(ctx.id)
+        .bind(ctx.attempt as i32)
+        .bind(&*ctx.worker_id)
+        .execute(&ctx.services.db)
+        .await?;
+        if self.hold_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.hold_ms)).await;
+        }
+        match self.fail {
+            CanaryFailure::Always => return Err(JobError::retry("canary told to fail")),
+            CanaryFailure::Permanent => return Err(JobError::fail("canary told to fail for good")),
+            CanaryFailure::Never => {}
+        }
+        sqlx::query(
+            "INSERT INTO canary_effects (job_id, worker_id) VALUES ($1, $2)
+             ON CONFLICT (job_id) DO NOTHING",
+        )
+        .bind(ctx.id)
+        .bind(&*ctx.worker_id)
+        .execute(&ctx.services.db)
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! Transactional enqueue. A job is a row in `job_outbox`, written in the caller's transaction:
+//! commit ⇒ the job exists, rollback ⇒ it never did. Right after commit the rows are pushed to
+//! Redis and deleted; if that fails (Redis down, process killed) the relay pushes them later.
+//! A row may be pushed twice (pushed, then the process died before the delete); the push
+//! skips job ids Redis already has, so the job still runs once per enqueue.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    Services,
+    broker::{Broker, JobMeta, Outgoing},
+    job::{Envelope, Job},
+    queue::Queue,
+};
+
+/// Rows younger than this are left to the process that wrote them.
+const RELAY_GRACE: Duration = Duration::from_secs(1);
+const RELAY_BATCH: i64 = 1000;
+
+/// When a job should run.
+#[derive(Clone, Copy, Debug)]
+pub enum RunAt {
+    Now,
+    At(DateTime<Utc>),
+    /// After a delay from the transaction's Postgres time.
+    In(Duration),
+}
+
+/// A Postgres transaction that can enqueue jobs. Use `conn()` for the domain writes.
+pub struct JobTx {
+    tx: Transaction<'static, Postgres>,
+    staged: Vec<Outgoing>,
+    db: PgPool,
+    broker: Broker,
+    request_id: Option<String>,
+}
+
+impl JobTx {
+    pub async fn begin(services: &Services) -> Result<Self, sqlx::Error> {
+        Ok(JobTx {
+            tx: services.db.begin().await?,
+            staged: Vec::new(),
+            db: services.db.clone(),
+            broker: services.broker.clone(),
+            request_id: None,
+        })
+    }
+
+    /// Carries the id of the request that caused the work into every job it enqueues.
+    pub fn with_request_id(mut self, request_id: Option<String>) -> Self {
+        self.request_id = request_id;
+        self
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub async fn enqueue<J: Job>(&mut self, job: &J) -> Result<Uuid, sqlx::Error> {
+        self.enqueue_envelope(Envelope::of(job), RunAt::Now).await
+    }
+
+    pub async fn enqueue_at<J: Job>(&mut self, job: &J, at: RunAt) -> Result<Uuid, sqlx::Error> {
+        self.enqueue_envelope(Envelope::of(job), at).await
+    }
+
+    pub async fn enqueue_envelope(&mut self, job: Envelope, at: RunAt) -> Result<Uuid, sqlx::Error> {
+        let ids = self.insert(vec![job], at).await?;
+        Ok(ids[0])
+    }
+
+    /// Enqueues many jobs with one statement.
+    pub async fn enqueue_many<J: Job>(&mut self, jobs: &[J]) -> Result<Vec<Uuid>, sqlx::Error> {
+        self.insert(jobs.iter().map(Envelope::of).collect(), RunAt::Now)
+            .await
+    }
+
+    async fn insert(&mut self, jobs: Vec<Envelope>, at: RunAt) -> Result<Vec<Uuid>, sqlx::Error> {
+        let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
+        let meta = JobMeta {
+            request_id: self.request_id.clone(),
+        };
+        let meta_json = serde_json::to_value(&meta).expect("meta serializes");
+        let (fixed, delay_ms) = match at {
+            RunAt::Now => (None, None),
+            RunAt::At(t) => (Some(t), None),
+            RunAt::In(d) => (None, Some(d.as_millis() as i64)),
+        };
+        let rows = sqlx::query(
+            "INSERT INTO job_outbox (id, queue, kind, args, max_attempts, run_at, meta)
+             SELECT id, queue, kind, args, max_attempts,
+                    COALESCE($6, now() + $7 * interval '1 millisecond'), $8
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::int[])
+                  AS t(id, queue, kind, args, max_attempts)
+             RETURNING id, (extract(epoch FROM run_at) * 1000)::bigint AS run_at_ms",
+        )
+        .bind(&ids)
+        .bind(jobs.iter().map(|j| j.queue.name()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.kind).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.args.clone()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.max_attempts as i32).collect::<Vec<_>>())
+        .bind(fixed)
+        .bind(delay_ms)
+        .bind(&meta_json)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let run_at: std::collections::HashMap<Uuid, Option<i64>> = rows
+            .iter()
+            .map(|r| (r.get("id"), r.get("run_at_ms")))
+            .collect();
+        for (id, job) in ids.iter().zip(jobs) {
+            self.staged.push(Outgoing {
+                id: *id,
+                queue: job.queue,
+                kind: job.kind.to_owned(),
+                args: job.args.to_string(),
+                max_attempts: job.max_attempts,
+                run_at_ms: run_at.get(id).copied().flatten(),
+                meta: meta.clone(),
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Commits, then hands the jobs to Redis. A failure after the commit is logged, not
+    /// returned: the work is accepted and the relay will deliver it.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await?;
+        if !self.staged.is_empty() {
+            dispatch(&self.db, &self.broker, &self.staged).await;
+        }
+        Ok(())
+    }
+}
+
+async fn dispatch(db: &PgPool, broker: &Broker, jobs: &[Outgoing]) {
+    let _span = tracing::debug_span!("publish", jobs = jobs.len()).entered();
+    if let Err(e) = broker.push(jobs).await {
+        tracing::warn!(error = %e, jobs = jobs.len(), "Redis push failed; the outbox relay will retry");
+        return;
+    }
+    for job in jobs {
+        metrics::counter!("groundcrew_jobs_enqueued_total", "queue" => job.queue.name(), "kind" => job.kind.clone()).increment(1);
+    }
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    if let Err(e) = sqlx::query("DELETE FROM job_outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(db)
+        .await
+    {
+        tracing::warn!(error = %e, "outbox delete failed; the relay will re-push (deduped by id)");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Pushes outbox rows older than the grace period; returns how many it pushed. Several relays
+/// may run (every worker process runs one): `SKIP LOCKED` splits the rows between them.
+pub async fn relay_once(db: &PgPool, broker: &Broker) -> Result<usize, RelayError> {
+    let mut tx = db.begin().await?;
+    let rows = sqlx::query(
+        "SELECT id, queue, kind, args::text AS args, max_attempts, meta::text AS meta,
+                (extract(epoch FROM run_at) * 1000)::bigint AS run_at_ms
+         FROM job_outbox
+         WHERE created_at < now() - $1 * interval '1 millisecond'
+         ORDER BY created_at
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(RELAY_GRACE.as_millis() as i64)
+    .bind(RELAY_BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let queue: String = row.get("queue");
+        let Ok(queue) = queue.parse::<Queue>() else {
+            tracing::error!(queue, "outbox row names an unknown queue; left in place");
+            continue;
+        };
+        let meta: String = row.get("meta");
+        jobs.push(Outgoing {
+            id: row.get("id"),
+            queue,
+            kind: row.get("kind"),
+            args: row.get("args"),
+            max_attempts: row.get::<i32, _>("max_attempts") as u32,
+            run_at_ms: row.get("run_at_ms"),
+            meta: serde_json::from_str(&meta).unwrap_or_default(),
+        });
+    }
+    broker.push(&jobs).await?;
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    sqlx::query("DELETE FROM job_outbox WHERE id = ANY($1)")
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(jobs = jobs.len(), "outbox relay pushed jobs left behind");
+    Ok(jobs.len())
+}
+
+/// Runs the relay until `stop`, and keeps the outbox backlog gauge current.
+pub async fn run_relay(services: Services, stop: CancellationToken) {
+    loop {
+        let pushed = match relay_once(&services.db, &services.broker).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay pass failed");
+                0
+            }
+        };
+        if let Ok(backlog) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM job_outbox")
+            .fetch_one(&services.db)
+            .await
+        {
+            metrics::gauge!("groundcrew_outbox_backlog").set(backlog as f64);
+        }
+        if pushed as i64 == RELAY_BATCH {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Fixtures for tests against real Postgres and Redis: a fresh database and a Redis key prefix
+//! per test (so tests run in parallel), or a private `redis-server` a test may stop and start.
+
+use std::{
+    future::Future,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use groundcrew_jobs::{CoreSettings, Services, db, worker::PoolSpec};
+use tokio_util::sync::CancellationToken;
+
+pub fn postgres_base() -> String {
+    std::env::var("GROUNDCREW_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("GROUNDCREW_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A migrated database and a key prefix of its own; both are removed on drop.
+pub struct TestEnv {
+    pub services: Services,
+    pub settings: CoreSettings,
+    pub db_name: String,
+    pub private_redis: Option<PrivateRedis>,
+}
+
+impl TestEnv {
+    /// On the shared Redis, with a unique key prefix.
+    pub async fn new() -> Self {
+        Self::build(|_| {}, None).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut CoreSettings)) -> Self {
+        Self::build(tweak, None).await
+    }
+
+    /// On a Redis server of its own, which the test may stop and restart.
+    pub async fn with_private_redis(tweak: impl FnOnce(&mut CoreSettings)) -> Self {
+        let redis = PrivateRedis::start();
+        Self::build(tweak, Some(redis)).await
+    }
+
+    async fn build(tweak: impl FnOnce(&mut CoreSettings), redis: Option<PrivateRedis>) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("gct_{}", &id[..16]);
+        let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base()))
+            .await
+            .expect("test Postgres reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
+        admin.close().await;
+        let mut settings = CoreSettings {
+            database_url: format!("{}/{db_name}", postgres_base()),
+            redis_url: redis.as_ref().map(|r| r.url()).unwrap_or_else(redis_url),
+            queue_prefix: format!("gct:{}", &id[..12]),
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(500),
+        };
+        tweak(&mut settings);
+        let services = Services::new(settings.clone(), 20).expect("services");
+        db::migrate(&services.db).await.expect("migrations");
+        TestEnv {
+            services,
+            settings,
+            db_name,
+            private_redis: redis,
+        }
+    }
+
+    /// Environment variables that point a child process (a real binary) at this test's stores.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        let s = &self.settings;
+        vec![
+            ("DATABASE_URL".into(), s.database_url.clone()),
+            ("REDIS_URL".into(), s.redis_url.clone()),
+            ("GROUNDCREW_QUEUE_PREFIX".into(), s.queue_prefix.clone()),
+            ("GROUNDCREW_JOB_LEASE".into(), format!("{}ms", s.lease.as_millis())),
+            ("GROUNDCREW_JOB_RETENTION".into(), format!("{}ms", s.retention.as_millis())),
+            ("GROUNDCREW_SHUTDOWN_GRACE".into(), format!("{}ms", s.shutdown_grace.as_millis())),
+            ("GROUNDCREW_POLL_INTERVAL".into(), format!("{}ms", s.poll_interval.as_millis())),
+        ]
+    }
+
+    /// Runs worker pools in this process until the returned handle is stopped.
+    pub fn spawn_workers(&self, pools: Vec<PoolSpec>) -> InProcess {
+        let stop = CancellationToken::new();
+        let services = self.services.clone();
+        let token = stop.clone();
+        let handle = tokio::spawn(async move {
+            groundcrew_jobs::worker::run_workers(services, pools, token).await
+        });
+        InProcess { stop, handle }
+    }
+
+    pub fn spawn_relay(&self) -> InProcess {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(groundcrew_jobs::outbox::run_relay(
+            self.services.clone(),
+            stop.clone(),
+        ));
+        InProcess { stop, handle }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let db_name = self.db_name.clone();
+        let prefix = self.settings.queue_prefix.clone();
+        let redis = self.settings.redis_url.clone();
+        let shared_redis = self.private_redis.is_none();
+        // Drop runs inside the test's runtime; clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")))
+                        .execute(&admin)
+                        .await;
+                }
+                if shared_redis {
+                    let _ = delete_prefix(&redis, &prefix).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn delete_prefix(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    for pattern in [format!("{prefix}:*"), format!("{{{prefix}:*")] {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(())
+}
+
+/// Something running in the test's process, stopped on request.
+pub struct InProcess {
+    pub stop: CancellationToken,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A `redis-server` child on a free port, not persisted.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut redis = PrivateRedis { port, child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "private redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -8,7 +8,7 @@
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local applied = 0
-local released = 0
+local requeued = 0
 for i = 4, #ARGV, 5 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
@@ -24,6 +24,7 @@ for i = 4, #ARGV, 5 do
       local due = now + tonumber(ARGV[i + 3])
       redis.call('HSET', key, 'status', 'scheduled', 'last_error', ARGV[i + 4], 'run_at', due)
       redis.call('ZADD', KEYS[2], due, id)
+      requeued = requeued + 1
     elseif outcome == 'dead' then
       redis.call('HSET', key, 'status', 'dead', 'last_error', ARGV[i + 4], 'finished_at', now)
       redis.call('ZADD', KEYS[3], now, id)
@@ -33,10 +34,11 @@ for i = 4, #ARGV, 5 do
       redis.call('HINCRBY', key, 'lease', 1)
       redis.call('HSET', key, 'status', 'pending')
       redis.call('LPUSH', KEYS[4], id)
-      released = released + 1
+      requeued = requeued + 1
     end
     applied = applied + 1
   end
 end
-if released > 0 then redis.call('PUBLISH', ARGV[3], released) end
+-- Idle workers re-read when the next job falls due (a retry) or take it now (handed back).
+if requeued > 0 then redis.call('PUBLISH', ARGV[3], requeued) end
 return applied

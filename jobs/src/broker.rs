@@ -78,8 +78,13 @@ pub struct Fetched {
 #[derive(Clone, Debug)]
 pub enum Outcome {
     Succeeded,
-    Retry { delay: Duration, error: String },
-    Dead { error: String },
+    Retry {
+        delay: Duration,
+        error: String,
+    },
+    Dead {
+        error: String,
+    },
     /// Handed back unstarted or unfinished at shutdown; does not count as an attempt.
     Released,
 }
@@ -493,7 +498,11 @@ impl Broker {
         ttl: Duration,
     ) -> redis::RedisResult<()> {
         let key = format!("{}:worker:{worker_id}", self.prefix);
-        let queues = queues.iter().map(|q| q.name()).collect::<Vec<_>>().join(",");
+        let queues = queues
+            .iter()
+            .map(|q| q.name())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut conn = self.conn.clone();
         let now: (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
         let now_ms = now.0 * 1000 + now.1 / 1000;

@@ -69,7 +69,11 @@ impl JobTx {
         self.enqueue_envelope(Envelope::of(job), at).await
     }
 
-    pub async fn enqueue_envelope(&mut self, job: Envelope, at: RunAt) -> Result<Uuid, sqlx::Error> {
+    pub async fn enqueue_envelope(
+        &mut self,
+        job: Envelope,
+        at: RunAt,
+    ) -> Result<Uuid, sqlx::Error> {
         let ids = self.insert(vec![job], at).await?;
         Ok(ids[0])
     }
@@ -103,7 +107,11 @@ impl JobTx {
         .bind(jobs.iter().map(|j| j.queue.name()).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.kind).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| j.args.clone()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.max_attempts as i32).collect::<Vec<_>>())
+        .bind(
+            jobs.iter()
+                .map(|j| j.max_attempts as i32)
+                .collect::<Vec<_>>(),
+        )
         .bind(fixed)
         .bind(delay_ms)
         .bind(&meta_json)
@@ -125,6 +133,10 @@ impl JobTx {
             });
         }
         Ok(ids)
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
     }
 
     /// Commits, then hands the jobs to Redis. A failure after the commit is logged, not

@@ -61,7 +61,9 @@ impl fmt::Display for Queue {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("unknown queue {0:?} (queues: feed, media, picks, escrow, notify, verification, maintenance)")]
+#[error(
+    "unknown queue {0:?} (queues: feed, media, picks, escrow, notify, verification, maintenance)"
+)]
 pub struct UnknownQueue(pub String);
 
 impl FromStr for Queue {

@@ -104,9 +104,7 @@ pub async fn fire(
     if claimed == 0 {
         return Ok(None);
     }
-    let id = tx
-        .enqueue_envelope((schedule.job)(), RunAt::Now)
-        .await?;
+    let id = tx.enqueue_envelope((schedule.job)(), RunAt::Now).await?;
     sqlx::query("UPDATE schedule_runs SET job_id = $3 WHERE name = $1 AND tick = $2")
         .bind(schedule.name)
         .bind(tick)
@@ -139,14 +137,13 @@ pub async fn statuses(
     services: &Services,
     schedules: &[Schedule],
 ) -> Result<Vec<ScheduleStatus>, sqlx::Error> {
-    let last: std::collections::HashMap<String, DateTime<Utc>> = sqlx::query(
-        "SELECT name, max(tick) AS last FROM schedule_runs GROUP BY name",
-    )
-    .fetch_all(&services.db)
-    .await?
-    .into_iter()
-    .map(|r| (r.get("name"), r.get("last")))
-    .collect();
+    let last: std::collections::HashMap<String, DateTime<Utc>> =
+        sqlx::query("SELECT name, max(tick) AS last FROM schedule_runs GROUP BY name")
+            .fetch_all(&services.db)
+            .await?
+            .into_iter()
+            .map(|r| (r.get("name"), r.get("last")))
+            .collect();
     Ok(schedules
         .iter()
         .map(|s| ScheduleStatus {
@@ -163,7 +160,9 @@ pub async fn statuses(
 /// `Send`, so the schedules run as local tasks on one thread; they only wait and enqueue.
 pub async fn run_scheduler(services: Services, schedules: Vec<Schedule>, stop: CancellationToken) {
     let local = tokio::task::LocalSet::new();
-    local.run_until(fire_on_ticks(services, schedules, stop)).await;
+    local
+        .run_until(fire_on_ticks(services, schedules, stop))
+        .await;
 }
 
 async fn fire_on_ticks(services: Services, schedules: Vec<Schedule>, stop: CancellationToken) {

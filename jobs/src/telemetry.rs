@@ -4,8 +4,8 @@ use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{
-    EndpointExt, IntoResponse, Route, Server, get, handler, http::StatusCode, listener::TcpListener,
-    web::Data,
+    EndpointExt, IntoResponse, Route, Server, get, handler, http::StatusCode,
+    listener::TcpListener, web::Data,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +33,8 @@ pub fn metrics() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".into()),
                     &[
-                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                        2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0, 30.0, 60.0, 300.0,
                     ],
                 )
                 .expect("bucket list is not empty")
@@ -57,7 +57,9 @@ pub async fn sample_queue_depths(services: Services, queues: Vec<Queue>, stop: C
             _ = stop.cancelled() => return,
         }
         for queue in &queues {
-            let Ok(depth) = services.broker.depth(*queue).await else { continue };
+            let Ok(depth) = services.broker.depth(*queue).await else {
+                continue;
+            };
             let q = queue.name();
             for (state, n) in [
                 ("pending", depth.pending),
@@ -65,11 +67,13 @@ pub async fn sample_queue_depths(services: Services, queues: Vec<Queue>, stop: C
                 ("running", depth.running),
                 ("dead", depth.dead),
             ] {
-                metrics::gauge!("groundcrew_queue_jobs", "queue" => q, "state" => state).set(n as f64);
+                metrics::gauge!("groundcrew_queue_jobs", "queue" => q, "state" => state)
+                    .set(n as f64);
             }
             metrics::gauge!("groundcrew_queue_latency_seconds", "queue" => q)
                 .set(depth.oldest_pending_age.as_secs_f64());
-            metrics::gauge!("groundcrew_queue_paused", "queue" => q).set(u8::from(depth.paused) as f64);
+            metrics::gauge!("groundcrew_queue_paused", "queue" => q)
+                .set(u8::from(depth.paused) as f64);
         }
     }
 }
@@ -81,7 +85,10 @@ pub async fn readiness(services: &Services) -> Result<(), &'static str> {
     if !matches!(db.await, Ok(Ok(_))) {
         return Err("postgres");
     }
-    if !matches!(tokio::time::timeout(timeout, services.broker.ping()).await, Ok(Ok(()))) {
+    if !matches!(
+        tokio::time::timeout(timeout, services.broker.ping()).await,
+        Ok(Ok(()))
+    ) {
         return Err("redis");
     }
     Ok(())
@@ -96,7 +103,11 @@ fn healthz() -> &'static str {
 async fn readyz(Data(services): Data<&Services>) -> poem::Response {
     match readiness(services).await {
         Ok(()) => "ready".into_response(),
-        Err(down) => (StatusCode::SERVICE_UNAVAILABLE, format!("{down} unavailable")).into_response(),
+        Err(down) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{down} unavailable"),
+        )
+            .into_response(),
     }
 }
 
@@ -106,7 +117,11 @@ fn render_metrics() -> String {
 }
 
 /// `/healthz`, `/readyz` and `/metrics` for the worker and scheduler processes.
-pub async fn serve_probes(addr: SocketAddr, services: Services, stop: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_probes(
+    addr: SocketAddr,
+    services: Services,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
     let app = Route::new()
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))

@@ -174,10 +174,8 @@ impl Pool {
                 // Idle: wake on a published arrival, when the next scheduled job falls due,
                 // or after the poll interval, whichever is first.
                 let wait = match fetched.next_due {
-                    NextDue::AtMs(at) => {
-                        Duration::from_millis((at - fetched.now_ms).max(1) as u64)
-                            .min(settings.poll_interval)
-                    }
+                    NextDue::AtMs(at) => Duration::from_millis((at - fetched.now_ms).max(1) as u64)
+                        .min(settings.poll_interval),
                     NextDue::Paused | NextDue::Nothing => settings.poll_interval,
                 };
                 tokio::select! {
@@ -484,11 +482,18 @@ async fn heartbeat(
 /// Parses `--queues feed,notify` (empty: every queue) and `--concurrency notify=64,feed=8`.
 pub fn parse_pools(queues: &str, concurrency: &str) -> Result<Vec<PoolSpec>, String> {
     let mut overrides = HashMap::new();
-    for pair in concurrency.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for pair in concurrency
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
         let (name, n) = pair
             .split_once('=')
             .ok_or_else(|| format!("--concurrency: expected queue=number, got {pair:?}"))?;
-        let queue: Queue = name.trim().parse().map_err(|e| format!("--concurrency: {e}"))?;
+        let queue: Queue = name
+            .trim()
+            .parse()
+            .map_err(|e| format!("--concurrency: {e}"))?;
         let n: usize = n
             .trim()
             .parse()

@@ -9,7 +9,11 @@ use groundcrew_jobs::{process, schedule, telemetry};
 #[command(version, about)]
 struct Args {
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
-    #[arg(long, env = "GROUNDCREW_METRICS_ADDR", default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        env = "GROUNDCREW_METRICS_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
     metrics_addr: SocketAddr,
 }
 

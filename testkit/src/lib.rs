@@ -82,10 +82,22 @@ impl TestEnv {
             ("DATABASE_URL".into(), s.database_url.clone()),
             ("REDIS_URL".into(), s.redis_url.clone()),
             ("GROUNDCREW_QUEUE_PREFIX".into(), s.queue_prefix.clone()),
-            ("GROUNDCREW_JOB_LEASE".into(), format!("{}ms", s.lease.as_millis())),
-            ("GROUNDCREW_JOB_RETENTION".into(), format!("{}ms", s.retention.as_millis())),
-            ("GROUNDCREW_SHUTDOWN_GRACE".into(), format!("{}ms", s.shutdown_grace.as_millis())),
-            ("GROUNDCREW_POLL_INTERVAL".into(), format!("{}ms", s.poll_interval.as_millis())),
+            (
+                "GROUNDCREW_JOB_LEASE".into(),
+                format!("{}ms", s.lease.as_millis()),
+            ),
+            (
+                "GROUNDCREW_JOB_RETENTION".into(),
+                format!("{}ms", s.retention.as_millis()),
+            ),
+            (
+                "GROUNDCREW_SHUTDOWN_GRACE".into(),
+                format!("{}ms", s.shutdown_grace.as_millis()),
+            ),
+            (
+                "GROUNDCREW_POLL_INTERVAL".into(),
+                format!("{}ms", s.poll_interval.as_millis()),
+            ),
         ]
     }
 
@@ -123,10 +135,14 @@ impl Drop for TestEnv {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")))
-                        .execute(&admin)
-                        .await;
+                if let Ok(admin) =
+                    sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await;
                 }
                 if shared_redis {
                     let _ = delete_prefix(&redis, &prefix).await;
@@ -152,7 +168,10 @@ async fn delete_prefix(url: &str, prefix: &str) -> redis::RedisResult<()> {
                 .query_async(&mut conn)
                 .await?;
             if !keys.is_empty() {
-                redis::cmd("UNLINK").arg(&keys).query_async::<()>(&mut conn).await?;
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await?;
             }
             if next == 0 {
                 break;
@@ -244,7 +263,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

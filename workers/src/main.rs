@@ -16,7 +16,11 @@ struct Args {
     #[arg(long, env = "GROUNDCREW_CONCURRENCY", default_value = "")]
     concurrency: String,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
-    #[arg(long, env = "GROUNDCREW_METRICS_ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "GROUNDCREW_METRICS_ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
     metrics_addr: SocketAddr,
 }
 
@@ -26,7 +30,11 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing("pretty");
     telemetry::metrics();
     let pools = worker::parse_pools(&args.queues, &args.concurrency).map_err(anyhow::Error::msg)?;
-    let connections = pools.iter().map(|p| p.concurrency).sum::<usize>().clamp(4, 64) as u32;
+    let connections = pools
+        .iter()
+        .map(|p| p.concurrency)
+        .sum::<usize>()
+        .clamp(4, 64) as u32;
     let services = process::start(connections).await?;
     let stop = process::stop_on_signal();
 

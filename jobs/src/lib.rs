@@ -1,10 +1,10 @@
 //! groundcrew's job core (queues, transactional enqueue, worker runtime, scheduler) and the
 //! domain of every job family. Binaries are thin wrappers around what is here.
 
+// The job core.
 pub mod broker;
 pub mod db;
 pub mod job;
-pub mod maintenance;
 pub mod outbox;
 pub mod process;
 pub mod queue;
@@ -13,6 +13,15 @@ pub mod schedule;
 pub mod settings;
 pub mod telemetry;
 pub mod worker;
+
+// The job families.
+pub mod escrow;
+pub mod feed;
+pub mod maintenance;
+pub mod media;
+pub mod notify;
+pub mod picks;
+pub mod verification;
 
 use std::sync::Arc;
 

@@ -20,6 +20,7 @@ use redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::queue::Queue;
@@ -255,7 +256,8 @@ impl Broker {
                         .arg(job.run_at_ms.unwrap_or(0))
                         .arg(serde_json::to_string(&job.meta).unwrap_or_default());
                 }
-                added += inv.invoke_async::<u64>(&mut conn).await?;
+                let span = tracing::info_span!("publish", queue = %queue, jobs = chunk.len());
+                added += inv.invoke_async::<u64>(&mut conn).instrument(span).await?;
             }
         }
         Ok(added)

@@ -151,7 +151,6 @@ impl JobTx {
 }
 
 async fn dispatch(db: &PgPool, broker: &Broker, jobs: &[Outgoing]) {
-    let _span = tracing::debug_span!("publish", jobs = jobs.len()).entered();
     if let Err(e) = broker.push(jobs).await {
         tracing::warn!(error = %e, jobs = jobs.len(), "Redis push failed; the outbox relay will retry");
         return;

@@ -22,6 +22,7 @@ pub mod media;
 pub mod notify;
 pub mod picks;
 pub mod verification;
+pub mod webhooks;
 
 use std::sync::Arc;
 

@@ -1,6 +1,11 @@
 //! Fixtures for tests against real Postgres and Redis: a fresh database and a Redis key prefix
 //! per test (so tests run in parallel), or a private `redis-server` a test may stop and start.
 
+pub mod apns;
+pub mod fcm;
+pub mod http_server;
+pub mod smtp;
+
 use std::{
     future::Future,
     net::TcpListener,

@@ -3,19 +3,50 @@
 //! Every family notifies through [`notify`] / [`notify_many`], inside its own transaction: the
 //! notification row and its delivery job commit with the change that caused them.
 
+pub mod apns;
+mod deliver;
+pub mod email;
+pub mod fcm;
+pub mod preferences;
+pub mod push;
+pub mod settings;
+
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{
-    job::{Job, JobContext, JobError},
-    outbox::JobTx,
-    queue::Queue,
-};
+use crate::{outbox::JobTx, queue::Queue, settings::ConfigError};
+
+pub use deliver::Deliver;
 
 crate::queue_jobs! {
     /// Push and email delivery.
     pub enum NotifyJob for Queue::Notify {
         Deliver(Deliver),
+    }
+}
+
+/// The provider clients every delivery shares (connections, cached tokens, templates).
+/// A provider without credentials is `None`: its deliveries are skipped.
+pub struct Providers {
+    pub apns: Option<apns::ApnsClient>,
+    pub fcm: Option<fcm::FcmClient>,
+    pub mailer: email::Mailer,
+}
+
+impl Providers {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::new(settings::NotifySettings::from_env()?).map_err(|message| ConfigError {
+            variable: "GROUNDCREW_APNS_* / GROUNDCREW_FCM_* / GROUNDCREW_SMTP_URL".into(),
+            message,
+        })
+    }
+
+    pub fn new(settings: settings::NotifySettings) -> Result<Self, String> {
+        Ok(Providers {
+            mailer: email::Mailer::new(&settings)?,
+            apns: settings.apns.map(apns::ApnsClient::new).transpose()?,
+            fcm: settings.fcm.map(fcm::FcmClient::new).transpose()?,
+        })
     }
 }
 
@@ -167,20 +198,4 @@ pub async fn notify_many(
         .collect();
     tx.enqueue_many(&jobs).await?;
     Ok(ids)
-}
-
-/// Delivers one notification on every channel it has.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Deliver {
-    pub notification_id: Uuid,
-}
-
-impl Job for Deliver {
-    const KIND: &'static str = "notify.deliver";
-    const QUEUE: Queue = Queue::Notify;
-
-    async fn run(self, _ctx: JobContext) -> Result<(), JobError> {
-        // Channels arrive with the notify family's delivery work (issue 5).
-        Ok(())
-    }
 }

@@ -1,0 +1,204 @@
+//! Push and email throughput, side by side in one run:
+//!
+//! - `apns_bare_h2`: a bare HTTP/2 client (hyper, one connection, 256 streams in flight)
+//!   blasting the local APNs endpoint with the same signed requests — the physical limit here;
+//! - `apns_worker`: notifications through `notify.deliver` on an in-process notify pool
+//!   (preferences, delivery rows, sends, outcomes) to the same endpoint;
+//! - `email_worker`: welcome emails through the pool to a local aiosmtpd.
+//!
+//! Baseline and ours alternate (A B A B …) because the machine's cores are shared; each run
+//! prints a JSON line, then the medians. Needs local Postgres and Redis.
+//!
+//!     cargo run --release -p groundcrew-jobs --example bench_notify -- [pushes] [emails] [runs]
+
+use std::{sync::Arc, time::Instant};
+
+use groundcrew_jobs::{
+    JobTx, Queue,
+    notify::{
+        Category, Notification, Providers, apns::ApnsClient, notify_many, push::PushMessage,
+        settings::NotifySettings,
+    },
+    worker::PoolSpec,
+};
+use groundcrew_testkit::{TestEnv, apns::FakeApns, smtp::SmtpServer};
+use http_body_util::Full;
+use hyper::body::Bytes;
+use uuid::Uuid;
+
+const IN_FLIGHT: usize = 256;
+const CONCURRENCY: usize = 64;
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let pushes = args.first().copied().unwrap_or(20_000);
+    let emails = args.get(1).copied().unwrap_or(2_000);
+    let runs = args.get(2).copied().unwrap_or(3);
+
+    let apns = FakeApns::start().await;
+    let smtp = SmtpServer::start();
+    let mut env = TestEnv::new().await;
+    env.services.notify = Arc::new(
+        Providers::new(NotifySettings {
+            apns: Some(apns.settings()),
+            fcm: None,
+            smtp_url: Some(smtp.url()),
+            mail_from: "groundcrew <noreply@groundcrew.test>".into(),
+            data_dir: std::env::temp_dir(),
+        })
+        .expect("providers"),
+    );
+    let users = seed_users(&env, pushes.max(emails)).await;
+
+    let mut results: Vec<(&str, f64)> = Vec::new();
+    for run in 1..=runs {
+        let bare = bare_h2(&apns, pushes).await;
+        report("apns_bare_h2", run, pushes, bare);
+        results.push(("apns_bare_h2", pushes as f64 / bare));
+        let ours = through_worker(&env, &users[..pushes], false).await;
+        report("apns_worker", run, pushes, ours);
+        results.push(("apns_worker", pushes as f64 / ours));
+        let mail = through_worker(&env, &users[..emails], true).await;
+        report("email_worker", run, emails, mail);
+        results.push(("email_worker", emails as f64 / mail));
+    }
+    let mut medians = serde_json::Map::new();
+    for name in ["apns_bare_h2", "apns_worker", "email_worker"] {
+        let mut rates: Vec<f64> = results
+            .iter()
+            .filter(|r| r.0 == name)
+            .map(|r| r.1)
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        medians.insert(
+            name.into(),
+            serde_json::json!(rates[rates.len() / 2].round()),
+        );
+    }
+    let ratio =
+        medians["apns_worker"].as_f64().unwrap() / medians["apns_bare_h2"].as_f64().unwrap();
+    medians.insert(
+        "worker_vs_bare".into(),
+        serde_json::json!((ratio * 100.0).round() / 100.0),
+    );
+    println!("{}", serde_json::json!({"medians_per_sec": medians}));
+}
+
+fn report(bench: &str, run: usize, n: usize, secs: f64) {
+    println!(
+        "{}",
+        serde_json::json!({"bench": bench, "run": run, "n": n, "secs": (secs * 1000.0).round() / 1000.0,
+                           "per_sec": (n as f64 / secs).round()})
+    );
+}
+
+/// Users with one APNs device and an email address each.
+async fn seed_users(env: &TestEnv, n: usize) -> Vec<Uuid> {
+    let users: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "WITH u AS (SELECT id, row_number() OVER () AS n FROM unnest($1::uuid[]) AS id)
+         , users AS (INSERT INTO users (id, handle, email)
+                     SELECT id, 'bench_' || n, 'bench' || n || '@example.test' FROM u)
+         INSERT INTO devices (id, token, user_id, platform)
+         SELECT gen_random_uuid(), md5(id::text) || md5(n::text), id, 'apns' FROM u",
+    )
+    .bind(&users)
+    .execute(&env.services.db)
+    .await
+    .expect("seed users");
+    users
+}
+
+/// Seconds to deliver one notification (push, or a welcome email) to each user.
+async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
+    let notifications = users
+        .iter()
+        .map(|u| {
+            let n = Notification::new(*u, Category::Social, "New follower", "@bench follows you");
+            if email {
+                n.email("welcome", serde_json::json!({})).without_push()
+            } else {
+                n
+            }
+        })
+        .collect();
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let ids = notify_many(&mut tx, notifications).await.unwrap();
+    tx.commit().await.unwrap();
+    let started = Instant::now();
+    let workers = env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: CONCURRENCY,
+    }]);
+    loop {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notification_deliveries
+             WHERE notification_id = ANY($1) AND status = 'sent'",
+        )
+        .bind(&ids)
+        .fetch_one(&env.services.db)
+        .await
+        .unwrap();
+        if sent as usize == users.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    workers.shutdown().await;
+    secs
+}
+
+/// The same requests the worker sends, without anything around them.
+async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
+    let client = ApnsClient::new(apns.settings()).expect("client");
+    let id = Uuid::now_v7();
+    let message = PushMessage {
+        title: "New follower",
+        body: "@bench follows you",
+        data: &serde_json::json!({}),
+        notification_id: id,
+        send_id: &id.to_string(),
+        expires_at: chrono::Utc::now().timestamp() + 86_400,
+    };
+    let body = Bytes::from(ApnsClient::payload(&message, "bench"));
+    let bearer = format!("bearer {}", client.provider_token().expect("token"));
+    let addr = apns.url.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let mut sender = sender.clone();
+        let request = hyper::Request::post(format!("http://{addr}/3/device/bench{i}"))
+            .header("authorization", &bearer)
+            .header("apns-push-type", "alert")
+            .header("apns-topic", groundcrew_testkit::apns::TOPIC)
+            .header("apns-priority", "10")
+            .header("apns-expiration", message.expires_at.to_string())
+            .header("apns-collapse-id", message.send_id)
+            .body(Full::new(body.clone()))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            let response = sender.send_request(request).await.expect("h2 request");
+            assert_eq!(response.status(), 200);
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,522 @@
+//! Delivery end to end: notify() in a transaction → notify.deliver on an in-process worker →
+//! local servers speaking APNs (HTTP/2), FCM v1 + OAuth, and SMTP (aiosmtpd). What arrives is
+//! asserted as the provider sees it; outcomes as the user sees them (delivery rows, devices).
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Timelike, Utc};
+use groundcrew_jobs::{
+    JobTx, Queue,
+    notify::{
+        Category, Deliver, Notification, Providers, notify, notify_many, settings::NotifySettings,
+    },
+    worker::PoolSpec,
+};
+use groundcrew_testkit::{
+    InProcess, TestEnv,
+    apns::{ApnsReply, FakeApns, TOPIC},
+    eventually,
+    fcm::{FakeFcm, FcmReply},
+    smtp::SmtpServer,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn settings(
+    apns: Option<&FakeApns>,
+    fcm: Option<&FakeFcm>,
+    smtp: Option<&SmtpServer>,
+) -> NotifySettings {
+    NotifySettings {
+        apns: apns.map(FakeApns::settings),
+        fcm: fcm.map(FakeFcm::settings),
+        smtp_url: smtp.map(SmtpServer::url),
+        mail_from: "groundcrew <noreply@groundcrew.test>".into(),
+        data_dir: std::env::temp_dir().join("gc-notify-test-data"),
+    }
+}
+
+/// A test database whose services push and mail to the given servers, with a notify pool.
+async fn env_with(settings: NotifySettings) -> (TestEnv, InProcess) {
+    let mut env = TestEnv::new().await;
+    env.services.notify = Arc::new(Providers::new(settings).expect("providers"));
+    let workers = env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 8,
+    }]);
+    (env, workers)
+}
+
+async fn user(env: &TestEnv, email: Option<&str>, timezone: &str) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, handle, email, timezone) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(format!("u{}", &id.simple().to_string()[20..]))
+        .bind(email)
+        .bind(timezone)
+        .execute(&env.services.db)
+        .await
+        .unwrap();
+    id
+}
+
+async fn device(env: &TestEnv, user_id: Uuid, token: &str, platform: &str) {
+    sqlx::query("INSERT INTO devices (id, token, user_id, platform) VALUES ($1, $2, $3, $4)")
+        .bind(Uuid::now_v7())
+        .bind(token)
+        .bind(user_id)
+        .bind(platform)
+        .execute(&env.services.db)
+        .await
+        .unwrap();
+}
+
+async fn send(env: &TestEnv, notification: Notification) -> Uuid {
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let id = notify(&mut tx, notification).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+/// (target, status, detail) of every delivery of a notification, by target.
+async fn deliveries(env: &TestEnv, id: Uuid) -> Vec<(String, String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT target, status, detail FROM notification_deliveries
+         WHERE notification_id = $1 ORDER BY target",
+    )
+    .bind(id)
+    .fetch_all(&env.services.db)
+    .await
+    .unwrap()
+}
+
+/// Waits until no delivery of the notification is pending or due.
+async fn settled(env: &TestEnv, id: Uuid, rows: usize) -> Vec<(String, String, Option<String>)> {
+    eventually(WITHIN, "deliveries to settle", || async {
+        let rows_now = deliveries(env, id).await;
+        (rows_now.len() == rows && rows_now.iter().all(|r| r.1 != "pending")).then_some(rows_now)
+    })
+    .await
+}
+
+async fn device_enabled(env: &TestEnv, token: &str) -> bool {
+    sqlx::query_scalar("SELECT enabled FROM devices WHERE token = $1")
+        .bind(token)
+        .fetch_one(&env.services.db)
+        .await
+        .unwrap()
+}
+
+fn status_of<'a>(rows: &'a [(String, String, Option<String>)], target: &str) -> &'a str {
+    &rows.iter().find(|r| r.0 == target).expect("a row").1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_push_carries_a_signed_token_the_headers_and_the_a2_payload() {
+    let apns = FakeApns::start().await;
+    let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
+    let alice = user(&env, None, "UTC").await;
+    device(&env, alice, "aaaa01", "apns").await;
+
+    let first = send(
+        &env,
+        Notification::new(alice, Category::Social, "New follower", "@bob follows you")
+            .data(json!({"follower_id": "b0b", "n": 1})),
+    )
+    .await;
+    settled(&env, first, 1).await;
+    let second = send(
+        &env,
+        Notification::new(alice, Category::Social, "Again", "@carol too"),
+    )
+    .await;
+    settled(&env, second, 1).await;
+
+    let requests = apns.requests();
+    assert_eq!(requests.len(), 2);
+    let push = &requests[0];
+    assert_eq!(push.auth_error, None, "the provider token verifies");
+    assert_eq!(push.device_token, "aaaa01");
+    assert_eq!(push.header("apns-push-type"), Some("alert"));
+    assert_eq!(push.header("apns-topic"), Some(TOPIC));
+    assert_eq!(push.header("apns-priority"), Some("10"));
+    assert_eq!(
+        push.header("apns-collapse-id"),
+        Some(first.to_string().as_str())
+    );
+    let expiration: i64 = push.header("apns-expiration").unwrap().parse().unwrap();
+    let in_a_day = Utc::now().timestamp() + 86_400;
+    assert!(
+        (in_a_day - 120..=in_a_day + 5).contains(&expiration),
+        "{expiration}"
+    );
+    assert_eq!(
+        String::from_utf8(push.body.clone()).unwrap(),
+        format!(
+            r#"{{"aps":{{"alert":{{"title":"New follower","body":"@bob follows you"}},"sound":"default","mutable-content":0}},"data":{{"follower_id":"b0b","n":1}},"notification_id":"{first}"}}"#
+        )
+    );
+    assert_eq!(
+        requests[0].header("authorization"),
+        requests[1].header("authorization"),
+        "the provider token is reused, not signed per push"
+    );
+    assert_eq!(deliveries(&env, first).await[0].1, "sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_errors_disable_dead_tokens_and_retry_after_the_asked_delay() {
+    let apns = FakeApns::start().await;
+    let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
+    let alice = user(&env, None, "UTC").await;
+    for token in ["t200", "t410", "tbad", "t429", "t503", "t400"] {
+        device(&env, alice, token, "apns").await;
+    }
+    let error = |status, reason, retry_after| ApnsReply::Error {
+        status,
+        reason,
+        retry_after,
+    };
+    apns.script("t410", vec![error(410, "Unregistered", None)]);
+    apns.script("tbad", vec![error(400, "BadDeviceToken", None)]);
+    apns.script("t429", vec![error(429, "TooManyRequests", Some(3))]);
+    apns.script("t503", vec![error(503, "ServiceUnavailable", None)]);
+    apns.script("t400", vec![error(400, "BadTopic", None)]);
+
+    let id = send(
+        &env,
+        Notification::new(alice, Category::Picks, "Pick settled", "You won"),
+    )
+    .await;
+    let rows = settled(&env, id, 6).await;
+
+    assert_eq!(status_of(&rows, "t200"), "sent");
+    assert_eq!(status_of(&rows, "t429"), "sent", "429 retried, then sent");
+    assert_eq!(status_of(&rows, "t503"), "sent", "503 retried, then sent");
+    for dead in ["t410", "tbad"] {
+        assert_eq!(status_of(&rows, dead), "failed");
+        assert!(!device_enabled(&env, dead).await, "{dead} is disabled");
+    }
+    assert_eq!(status_of(&rows, "t400"), "failed");
+    assert!(
+        device_enabled(&env, "t400").await,
+        "a rejected payload keeps the device"
+    );
+
+    let requests = apns.requests();
+    let to = |token: &str| {
+        requests
+            .iter()
+            .filter(|r| r.device_token == token)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        to("t200").len(),
+        1,
+        "a sent push is not repeated by the retry"
+    );
+    assert_eq!(to("t410").len(), 1);
+    let throttled = to("t429");
+    assert_eq!(throttled.len(), 2);
+    assert_eq!(
+        throttled[0].header("apns-collapse-id"),
+        throttled[1].header("apns-collapse-id")
+    );
+    let waited = throttled[1].at - throttled[0].at;
+    assert!(
+        waited >= Duration::from_secs(3),
+        "retried after {waited:?}, asked 3 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_uses_one_oauth_token_and_maps_each_error() {
+    let fcm = FakeFcm::start().await;
+    let (env, _workers) = env_with(settings(None, Some(&fcm), None)).await;
+    let alice = user(&env, None, "UTC").await;
+    for token in ["f200", "funreg", "finvalid", "fquota", "funavail"] {
+        device(&env, alice, token, "fcm").await;
+    }
+    let error = |status, rpc_status, error_code, retry_after| FcmReply::Error {
+        status,
+        rpc_status,
+        error_code,
+        retry_after,
+    };
+    fcm.script(
+        "funreg",
+        vec![error(404, "NOT_FOUND", "UNREGISTERED", None)],
+    );
+    fcm.script(
+        "finvalid",
+        vec![error(400, "INVALID_ARGUMENT", "INVALID_ARGUMENT", None)],
+    );
+    fcm.script(
+        "fquota",
+        vec![error(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", Some(2))],
+    );
+    fcm.script(
+        "funavail",
+        vec![error(503, "UNAVAILABLE", "UNAVAILABLE", None)],
+    );
+
+    let id = send(
+        &env,
+        Notification::new(
+            alice,
+            Category::Payments,
+            "Payout sent",
+            "$90.91 is on its way",
+        )
+        .data(json!({"escrow_id": "e1", "cents": 9091})),
+    )
+    .await;
+    let rows = settled(&env, id, 5).await;
+
+    assert_eq!(fcm.assertion_errors(), Vec::<String>::new());
+    assert_eq!(
+        fcm.token_requests(),
+        1,
+        "the access token is cached across sends"
+    );
+    for sent in ["f200", "fquota", "funavail"] {
+        assert_eq!(status_of(&rows, sent), "sent", "{sent}");
+    }
+    for dead in ["funreg", "finvalid"] {
+        assert_eq!(status_of(&rows, dead), "failed");
+        assert!(!device_enabled(&env, dead).await, "{dead} is disabled");
+    }
+    let messages = fcm.messages();
+    let ok: Vec<_> = messages
+        .iter()
+        .filter(|m| m.device_token == "f200")
+        .collect();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(
+        ok[0].body,
+        json!({"message": {
+            "token": "f200",
+            "notification": {"title": "Payout sent", "body": "$90.91 is on its way"},
+            "data": {"escrow_id": "e1", "cents": "9091", "notification_id": id.to_string()},
+            "android": {"collapse_key": id.to_string(), "notification": {"tag": id.to_string()}},
+            "apns": {"headers": {"apns-collapse-id": id.to_string()}},
+        }})
+    );
+    assert_eq!(
+        messages
+            .iter()
+            .filter(|m| m.device_token == "fquota")
+            .count(),
+        2
+    );
+}
+
+/// `HH:MM` of a local time `minutes` from now in New York.
+fn new_york_hh_mm(minutes: i64) -> String {
+    let t = (Utc::now() + chrono::Duration::minutes(minutes))
+        .with_timezone(&chrono_tz::America::New_York);
+    format!("{:02}:{:02}", t.hour(), t.minute())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_hours_defer_push_to_the_end_of_the_window_and_category_off_skips() {
+    let apns = FakeApns::start().await;
+    let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
+    let night_owl = user(&env, None, "America/New_York").await;
+    device(&env, night_owl, "quiet1", "apns").await;
+    // A window around the present New York time (the 22:00–07:00 arithmetic across midnight
+    // and DST is covered by the unit tests in notify::preferences).
+    let end = new_york_hh_mm(90);
+    sqlx::query(
+        "INSERT INTO notification_preferences (user_id, categories, quiet_start, quiet_end)
+         VALUES ($1, '{\"marketing\": false}', $2::time, $3::time)",
+    )
+    .bind(night_owl)
+    .bind(new_york_hh_mm(-60))
+    .bind(&end)
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+
+    let id = send(
+        &env,
+        Notification::new(night_owl, Category::Social, "Late", "zzz"),
+    )
+    .await;
+    let promo = send(
+        &env,
+        Notification::new(night_owl, Category::Marketing, "Sale", "50%"),
+    )
+    .await;
+    let deferred_until: DateTime<Utc> = eventually(WITHIN, "the push to be deferred", || async {
+        sqlx::query_scalar(
+            "SELECT deferred_until FROM notification_deliveries
+             WHERE notification_id = $1 AND status = 'deferred'",
+        )
+        .bind(id)
+        .fetch_optional(&env.services.db)
+        .await
+        .unwrap()
+    })
+    .await;
+    let local = deferred_until.with_timezone(&chrono_tz::America::New_York);
+    assert_eq!(format!("{:02}:{:02}", local.hour(), local.minute()), end);
+    assert_eq!(local.second(), 0);
+    assert_eq!(
+        settled(&env, promo, 1).await[0].2.as_deref(),
+        Some("category off")
+    );
+    let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+    assert_eq!(
+        depth.scheduled, 1,
+        "the wake-up at the end of quiet hours is scheduled"
+    );
+    assert_eq!(apns.request_count(), 0, "nothing rings during quiet hours");
+
+    // The end of the window arrives: what the scheduled job does then.
+    sqlx::query(
+        "UPDATE notification_deliveries SET deferred_until = now() WHERE notification_id = $1",
+    )
+    .bind(id)
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    tx.enqueue(&Deliver {
+        notification_id: id,
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(WITHIN, "the deferred push to be sent", || async {
+        (deliveries(&env, id).await[0].1 == "sent").then_some(())
+    })
+    .await;
+    assert_eq!(apns.request_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_suppressed() {
+    let smtp = SmtpServer::start();
+    let (env, _workers) = env_with(settings(None, None, Some(&smtp))).await;
+    let alice = user(&env, Some("alice@example.test"), "UTC").await;
+    let bounced = user(&env, Some("Bounced@Example.test"), "UTC").await;
+    sqlx::query(
+        "INSERT INTO email_suppressions (email, reason) VALUES ('bounced@example.test', 'bounce')",
+    )
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+    let welcome = |user| {
+        Notification::new(user, Category::Social, "Welcome", "Welcome aboard")
+            .email("welcome", json!({}))
+            .without_push()
+    };
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let ids = notify_many(&mut tx, vec![welcome(alice), welcome(bounced)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let to_alice = settled(&env, ids[0], 1).await;
+    assert_eq!(to_alice[0].1, "sent");
+    let to_bounced = settled(&env, ids[1], 1).await;
+    assert_eq!(
+        (to_bounced[0].1.as_str(), to_bounced[0].2.as_deref()),
+        ("skipped", Some("address suppressed"))
+    );
+
+    // A re-run (a retried or recovered job) sends nothing again.
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    tx.enqueue(&Deliver {
+        notification_id: ids[0],
+    })
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(WITHIN, "the re-run to finish", || async {
+        let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+        (depth.pending + depth.running == 0).then_some(())
+    })
+    .await;
+
+    let mails = smtp.messages();
+    assert_eq!(
+        mails.len(),
+        1,
+        "exactly one message, none to the suppressed address"
+    );
+    let mail = &mails[0];
+    assert_eq!(mail.rcpt_to, vec!["alice@example.test".to_owned()]);
+    let handle = format!("u{}", &alice.simple().to_string()[20..]);
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some(format!("Welcome, @{handle}").as_str())
+    );
+    assert_eq!(
+        mail.header("From").as_deref(),
+        Some("groundcrew <noreply@groundcrew.test>")
+    );
+    assert_eq!(
+        mail.header("Message-ID"),
+        Some(format!("<{}@groundcrew.test>", ids[0]))
+    );
+    assert_eq!(
+        mail.header("List-Unsubscribe"),
+        Some(format!(
+            "<mailto:noreply@groundcrew.test?subject=unsubscribe%20{alice}>"
+        ))
+    );
+    let content_type = mail.header("Content-Type").unwrap();
+    assert!(
+        content_type.starts_with("multipart/alternative; boundary="),
+        "{content_type}"
+    );
+    let boundary = content_type
+        .split("boundary=")
+        .nth(1)
+        .unwrap()
+        .trim_matches('"')
+        .to_owned();
+    let text = mail.text();
+    let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+    assert_eq!(parts.len(), 4, "preamble, text, html, closing: {text}");
+    assert!(
+        parts[1].contains("Content-Type: text/plain; charset=utf-8"),
+        "{}",
+        parts[1]
+    );
+    assert!(parts[1].contains(&format!("Hi @{handle},")), "{}", parts[1]);
+    assert!(
+        parts[2].contains("Content-Type: text/html; charset=utf-8"),
+        "{}",
+        parts[2]
+    );
+    assert!(
+        parts[2].contains(&format!("<h1>Welcome, @{handle}</h1>")),
+        "{}",
+        parts[2]
+    );
+    assert_eq!(parts[3].trim(), "--");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_deliveries_are_skipped_as_not_configured() {
+    let (env, _workers) = env_with(settings(None, None, None)).await;
+    let alice = user(&env, None, "UTC").await;
+    device(&env, alice, "noapns", "apns").await;
+    device(&env, alice, "nofcm", "fcm").await;
+    let id = send(
+        &env,
+        Notification::new(alice, Category::Social, "Hi", "there"),
+    )
+    .await;
+    let rows = settled(&env, id, 2).await;
+    for row in rows {
+        assert_eq!(
+            (row.1.as_str(), row.2.as_deref()),
+            ("skipped", Some("provider not configured"))
+        );
+    }
+}

@@ -37,6 +37,7 @@ pub struct Services {
     pub db: sqlx::PgPool,
     pub broker: broker::Broker,
     pub settings: Arc<CoreSettings>,
+    pub feed: Arc<feed::FeedSettings>,
 }
 
 impl Services {
@@ -46,6 +47,7 @@ impl Services {
             db: db::pool(&settings.database_url, max_db_connections)?,
             broker: broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?,
             settings: Arc::new(settings),
+            feed: Arc::new(feed::FeedSettings::from_env()?),
         })
     }
 

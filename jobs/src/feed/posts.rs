@@ -1,0 +1,121 @@
+//! Posts: text plus the ids of media the author uploaded. Creating one enqueues its fan-out and
+//! deleting one its retraction, in the same transaction.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::outbox::JobTx;
+
+use super::jobs::{FanoutPost, RetractPost};
+
+pub const MAX_TEXT_CHARS: usize = 2000;
+pub const MAX_MEDIA: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct Post {
+    pub id: Uuid,
+    pub author_id: Uuid,
+    pub text: String,
+    pub media_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PostError {
+    #[error("no such post")]
+    NotFound,
+    #[error("only the author may do this")]
+    NotAuthor,
+    #[error("text must be 1 to {MAX_TEXT_CHARS} characters")]
+    BadText,
+    #[error("at most {MAX_MEDIA} media ids")]
+    TooManyMedia,
+    #[error("media {0} is not yours")]
+    MediaNotOwned(Uuid),
+    #[error("create your profile (PUT /v1/me) first")]
+    NoProfile,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub async fn create_post(
+    tx: &mut JobTx,
+    author: Uuid,
+    text: &str,
+    media_ids: &[Uuid],
+) -> Result<Post, PostError> {
+    let chars = text.chars().count();
+    if chars == 0 || chars > MAX_TEXT_CHARS {
+        return Err(PostError::BadText);
+    }
+    if media_ids.len() > MAX_MEDIA {
+        return Err(PostError::TooManyMedia);
+    }
+    check_media_ownership(tx.conn(), author, media_ids).await?;
+    let post: Option<Post> = sqlx::query_as(
+        "INSERT INTO posts (id, author_id, text, media_ids)
+         SELECT $1, id, $3, $4 FROM users WHERE id = $2
+         RETURNING id, author_id, text, media_ids, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(author)
+    .bind(text)
+    .bind(media_ids)
+    .fetch_optional(tx.conn())
+    .await?;
+    let post = post.ok_or(PostError::NoProfile)?;
+    tx.enqueue(&FanoutPost { post_id: post.id }).await?;
+    Ok(post)
+}
+
+/// Hook for the media family: every media id on a post must be a `media` row the author owns.
+/// The `media` table does not exist yet, so this accepts everything; when it lands, this
+/// becomes one `SELECT id FROM media WHERE id = ANY($2) AND owner_id <> $1 …` returning
+/// [`PostError::MediaNotOwned`] for the first stranger (or missing) id.
+pub async fn check_media_ownership(
+    _conn: &mut PgConnection,
+    _author: Uuid,
+    _media_ids: &[Uuid],
+) -> Result<(), PostError> {
+    Ok(())
+}
+
+/// A post as `viewer` may see it: not deleted, and neither of the two blocks the other.
+pub async fn get_post(db: &PgPool, viewer: Uuid, id: Uuid) -> Result<Post, PostError> {
+    sqlx::query_as(
+        "SELECT p.id, p.author_id, p.text, p.media_ids, p.created_at FROM posts p
+         WHERE p.id = $1 AND p.deleted_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM blocks b
+                           WHERE (b.blocker_id, b.blocked_id) IN ((p.author_id, $2), ($2, p.author_id)))",
+    )
+    .bind(id)
+    .bind(viewer)
+    .fetch_optional(db)
+    .await?
+    .ok_or(PostError::NotFound)
+}
+
+/// Deletes a post (its author only) and retracts it from every feed. Deleting it again is a
+/// no-op.
+pub async fn delete_post(tx: &mut JobTx, caller: Uuid, id: Uuid) -> Result<(), PostError> {
+    let found: Option<(Uuid, bool)> = sqlx::query_as(
+        "SELECT author_id, deleted_at IS NOT NULL FROM posts WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(tx.conn())
+    .await?;
+    match found {
+        None => Err(PostError::NotFound),
+        Some((author, _)) if author != caller => Err(PostError::NotAuthor),
+        Some((_, true)) => Ok(()),
+        Some((_, false)) => {
+            sqlx::query("UPDATE posts SET deleted_at = now() WHERE id = $1")
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            tx.enqueue(&RetractPost { post_id: id }).await?;
+            Ok(())
+        }
+    }
+}

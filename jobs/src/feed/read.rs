@@ -1,0 +1,199 @@
+//! Reading a home feed: a window of post ids from Redis (rebuilt from Postgres first when the
+//! feed is missing), merged with the recent posts of followed authors above the fan-out
+//! threshold, and hydrated — all in one SQL query per page.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::Services;
+
+use super::store::{Entry, FeedStore};
+
+/// Where a page ends: the position of its last item.
+pub type Position = Entry;
+
+/// Rounds one page may take when hydration drops many stale entries; the page then ends early
+/// with a cursor, and the next request carries on.
+const MAX_ROUNDS: usize = 4;
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct FeedItem {
+    pub id: Uuid,
+    pub author_id: Uuid,
+    pub author_handle: String,
+    pub text: String,
+    pub media_ids: Vec<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl FeedItem {
+    fn position(&self) -> Position {
+        Entry {
+            at: self.created_at,
+            post_id: self.id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedPage {
+    pub items: Vec<FeedItem>,
+    /// Opaque; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("not a cursor this feed returned")]
+    BadCursor,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+pub fn encode_cursor(position: Position) -> String {
+    format!(
+        "{:x}.{}",
+        position.at.timestamp_micros(),
+        position.post_id.simple()
+    )
+}
+
+pub fn decode_cursor(cursor: &str) -> Result<Position, ReadError> {
+    let (micros, id) = cursor.split_once('.').ok_or(ReadError::BadCursor)?;
+    let micros = i64::from_str_radix(micros, 16).map_err(|_| ReadError::BadCursor)?;
+    Ok(Entry {
+        at: DateTime::from_timestamp_micros(micros).ok_or(ReadError::BadCursor)?,
+        post_id: Uuid::try_parse(id).map_err(|_| ReadError::BadCursor)?,
+    })
+}
+
+/// One page of `reader`'s home feed, newest first, `limit` items at most (1–100).
+pub async fn read_feed(
+    services: &Services,
+    reader: Uuid,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<FeedPage, ReadError> {
+    let limit = limit.clamp(1, 100);
+    let mut below = cursor.map(decode_cursor).transpose()?;
+    let store = FeedStore::new(services);
+    let mut items: Vec<FeedItem> = Vec::with_capacity(limit + 1);
+    for _ in 0..MAX_ROUNDS {
+        let need = limit - items.len();
+        // Room for entries hydration drops (deleted, unfollowed, blocked) before retraction.
+        let want = need * 2 + 4;
+        let window = match store.window(reader, below, want).await? {
+            Some(window) => window,
+            None => {
+                let rebuilt = rebuild(services, &store, reader).await?;
+                match store.window(reader, below, want).await? {
+                    Some(window) => window,
+                    // Lost again at once (Redis flushed or evicting): serve what Postgres said.
+                    None => rebuilt
+                        .into_iter()
+                        .filter(|e| below.is_none_or(|b| *e < b))
+                        .take(want)
+                        .collect(),
+                }
+            }
+        };
+        // Past the last window entry fetched, Redis may hold more; only what sorts at or above
+        // it is certain to be in order.
+        let boundary = (window.len() == want).then(|| window[want - 1]);
+        let ids: Vec<Uuid> = window.iter().map(|e| e.post_id).collect();
+        let rows = hydrate(services, reader, &ids, below, need + 1).await?;
+        items.extend(
+            rows.into_iter()
+                .filter(|row| boundary.is_none_or(|b| row.position() >= b)),
+        );
+        if items.len() > limit {
+            items.truncate(limit);
+            let next_cursor = items.last().map(|i| encode_cursor(i.position()));
+            return Ok(FeedPage { items, next_cursor });
+        }
+        match boundary {
+            None => {
+                return Ok(FeedPage {
+                    items,
+                    next_cursor: None,
+                });
+            }
+            Some(boundary) if items.len() == limit => {
+                let last = items.last().map_or(boundary, FeedItem::position);
+                return Ok(FeedPage {
+                    items,
+                    next_cursor: Some(encode_cursor(last)),
+                });
+            }
+            Some(boundary) => below = Some(boundary),
+        }
+    }
+    let next_cursor = below.map(encode_cursor);
+    Ok(FeedPage { items, next_cursor })
+}
+
+/// Rebuilds a missing feed from Postgres: the reader's own posts and the pushed posts of
+/// everyone they follow, newest first, up to the capacity.
+async fn rebuild(
+    services: &Services,
+    store: &FeedStore,
+    reader: Uuid,
+) -> Result<Vec<Entry>, ReadError> {
+    store.begin_rebuild(reader).await?;
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT p.id, p.created_at FROM posts p
+         WHERE p.deleted_at IS NULL
+           AND (p.author_id = $1
+                OR (p.delivery IS DISTINCT FROM 'merge'
+                    AND p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $1)))
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $2",
+    )
+    .bind(reader)
+    .bind(services.feed.capacity as i64)
+    .fetch_all(&services.db)
+    .await?;
+    let entries: Vec<Entry> = rows
+        .into_iter()
+        .map(|(post_id, at)| Entry { at, post_id })
+        .collect();
+    store.finish_rebuild(reader, &entries).await?;
+    Ok(entries)
+}
+
+/// The page's posts: the window's ids plus merged posts of followed authors above the
+/// threshold, without deleted posts or authors the reader no longer follows (block ends
+/// follows both ways), with each author's handle.
+async fn hydrate(
+    services: &Services,
+    reader: Uuid,
+    window: &[Uuid],
+    below: Option<Position>,
+    limit: usize,
+) -> Result<Vec<FeedItem>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH candidate AS (
+             SELECT unnest($2::uuid[]) AS id
+             UNION
+             (SELECT p.id FROM follows f JOIN posts p ON p.author_id = f.followee_id
+              WHERE f.follower_id = $1 AND p.delivery = 'merge' AND p.deleted_at IS NULL
+                AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))
+              ORDER BY p.created_at DESC, p.id DESC LIMIT $5)
+         )
+         SELECT p.id, p.author_id, u.handle AS author_handle, p.text, p.media_ids, p.created_at
+         FROM candidate c JOIN posts p ON p.id = c.id JOIN users u ON u.id = p.author_id
+         WHERE p.deleted_at IS NULL
+           AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))
+           AND (p.author_id = $1
+                OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = p.author_id))
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $5",
+    )
+    .bind(reader)
+    .bind(window)
+    .bind(below.map(|b| b.at))
+    .bind(below.map(|b| b.post_id))
+    .bind(limit as i64)
+    .fetch_all(&services.db)
+    .await
+}

@@ -38,6 +38,7 @@ pub struct Services {
     pub broker: broker::Broker,
     pub settings: Arc<CoreSettings>,
     pub feed: Arc<feed::FeedSettings>,
+    pub picks: Arc<picks::PicksSettings>,
 }
 
 impl Services {
@@ -48,6 +49,7 @@ impl Services {
             broker: broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?,
             settings: Arc::new(settings),
             feed: Arc::new(feed::FeedSettings::from_env()?),
+            picks: Arc::new(picks::PicksSettings::from_env()?),
         })
     }
 

@@ -31,11 +31,23 @@ pub struct ScheduleDef {
 /// The code-defined cron table. Each entry can be overridden with
 /// `GROUNDCREW_SCHEDULE_<NAME>` set to another cron expression, or to `off`.
 pub fn table() -> Vec<ScheduleDef> {
-    vec![ScheduleDef {
-        name: "canary",
-        cron: "0 * * * * *",
-        job: || Envelope::of(&Noop {}),
-    }]
+    vec![
+        ScheduleDef {
+            name: "canary",
+            cron: "0 * * * * *",
+            job: || Envelope::of(&Noop {}),
+        },
+        ScheduleDef {
+            name: "picks_sweep_locks",
+            cron: "30 * * * * *",
+            job: || Envelope::of(&crate::picks::SweepLocks {}),
+        },
+        ScheduleDef {
+            name: "picks_leaderboard",
+            cron: "0 */15 * * * *",
+            job: || Envelope::of(&crate::picks::RebuildLeaderboard {}),
+        },
+    ]
 }
 
 #[derive(Clone)]

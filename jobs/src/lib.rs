@@ -39,6 +39,7 @@ pub struct Services {
     pub settings: Arc<CoreSettings>,
     pub feed: Arc<feed::FeedSettings>,
     pub picks: Arc<picks::PicksSettings>,
+    pub notify: Arc<notify::Providers>,
 }
 
 impl Services {
@@ -50,6 +51,7 @@ impl Services {
             settings: Arc::new(settings),
             feed: Arc::new(feed::FeedSettings::from_env()?),
             picks: Arc::new(picks::PicksSettings::from_env()?),
+            notify: Arc::new(notify::Providers::from_env()?),
         })
     }
 

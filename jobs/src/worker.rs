@@ -127,8 +127,9 @@ impl Pool {
         self.held.lock().expect("held lock").len()
     }
 
-    /// The fetch loop. Leases up to twice the concurrency, so the next jobs are already here
-    /// when a handler finishes; the extra ones wait on the semaphore, leased and renewed.
+    /// The fetch loop. Leases ahead of the concurrency (`Queue::lease_ahead`), so the next jobs
+    /// are already here when a handler finishes; the extra ones wait on the semaphore, leased
+    /// and renewed like the running ones.
     pub(crate) async fn run<Q: QueueJobs>(self: Arc<Self>, stop: CancellationToken) {
         let settings = self.services.settings.clone();
         let slots = Arc::new(Semaphore::new(self.concurrency));
@@ -137,7 +138,7 @@ impl Pool {
         let keeper_stop = CancellationToken::new();
         let keeper = tokio::spawn(self.clone().keep_leases(keeper_stop.clone()));
         let mut tasks = JoinSet::new();
-        let capacity = self.concurrency * 2;
+        let capacity = self.queue.lease_ahead(self.concurrency);
         let mut failures = 0u32;
 
         while !stop.is_cancelled() {

@@ -1,0 +1,65 @@
+//! Idempotency-Key: one effect for any number of duplicates, and no reuse with another body.
+
+use futures::future::join_all;
+use reqwest::{Method, StatusCode};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, announcement, expect_error};
+
+async fn announcements(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ops_announcements")
+        .fetch_one(&app.env.services.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_cause_one_effect() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    let body = announcement(&[Uuid::now_v7(), Uuid::now_v7()]);
+    let responses = join_all((0..20).map(|_| {
+        app.request(Method::POST, "/v1/ops/notifications", Some(&admin))
+            .header("Idempotency-Key", "announce-1")
+            .json(&body)
+            .send()
+    }))
+    .await;
+    let mut bodies = Vec::new();
+    for resp in responses {
+        let resp = resp.unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        bodies.push(resp.text().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
+    assert_eq!(announcements(&app).await, 1);
+
+    let mut other = body.clone();
+    other["title"] = "Something else".into();
+    let resp = app
+        .request(Method::POST, "/v1/ops/notifications", Some(&admin))
+        .header("Idempotency-Key", "announce-1")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    assert_eq!(announcements(&app).await, 1);
+}
+
+#[tokio::test]
+async fn without_a_key_each_request_counts() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    let body = announcement(&[Uuid::now_v7()]);
+    for _ in 0..2 {
+        let resp = app.post("/v1/ops/notifications", Some(&admin), &body).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    assert_eq!(announcements(&app).await, 2);
+}

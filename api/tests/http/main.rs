@@ -1,0 +1,10 @@
+//! HTTP tests: the app on port 0 against a real Postgres and Redis per test.
+
+mod auth;
+mod errors;
+mod helpers;
+mod idempotency;
+mod ops;
+mod rate_limit;
+mod readiness;
+mod spec;

@@ -1,0 +1,102 @@
+//! Rate limits: a burst past the limit gets 429 with Retry-After, and passes once it elapses.
+
+use std::time::{Duration, Instant};
+
+use groundcrew_api::rate_limit::Limit;
+use groundcrew_testkit::{TestEnv, eventually};
+use reqwest::StatusCode;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, announcement, expect_error};
+
+#[tokio::test]
+async fn per_user_limit_recovers_after_retry_after() {
+    let small = Limit {
+        max: 5,
+        window: Duration::from_secs(2),
+    };
+    let app = TestApp::start_with(TestEnv::new().await, |c| c.rate_limits.per_user = small).await;
+    let token = app.user();
+    for _ in 0..5 {
+        assert_ne!(
+            app.get("/v1/me", Some(&token)).await.status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+    }
+    let limited = app.get("/v1/me", Some(&token)).await;
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    expect_error(limited, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+
+    // Another user has a budget of their own.
+    assert_eq!(
+        app.get("/v1/me", Some(&app.user())).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let limited_at = Instant::now();
+    eventually(
+        Duration::from_secs(retry_after + 2),
+        "the window to pass",
+        || async {
+            let status = app.get("/v1/me", Some(&token)).await.status();
+            (status != StatusCode::TOO_MANY_REQUESTS).then_some(())
+        },
+    )
+    .await;
+    assert!(limited_at.elapsed() <= Duration::from_secs(retry_after + 1));
+}
+
+#[tokio::test]
+async fn paid_routes_have_a_stricter_limit() {
+    let paid = Limit {
+        max: 2,
+        window: Duration::from_secs(60),
+    };
+    let app = TestApp::start_with(TestEnv::new().await, |c| c.rate_limits.paid = paid).await;
+    let admin = app.admin();
+    let body = announcement(&[Uuid::now_v7()]);
+    for _ in 0..2 {
+        assert_eq!(
+            app.post("/v1/ops/notifications", Some(&admin), &body)
+                .await
+                .status(),
+            StatusCode::ACCEPTED
+        );
+    }
+    let resp = app.post("/v1/ops/notifications", Some(&admin), &body).await;
+    assert!(resp.headers().contains_key("retry-after"));
+    expect_error(resp, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    // Reads are not paid work.
+    assert_eq!(
+        app.get("/v1/ops/queues", Some(&admin)).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn per_ip_limit_applies_before_auth() {
+    let small = Limit {
+        max: 3,
+        window: Duration::from_secs(60),
+    };
+    let app = TestApp::start_with(TestEnv::new().await, |c| c.rate_limits.per_ip = small).await;
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/v1/me", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    expect_error(
+        app.get("/v1/me", None).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    // Probes are not limited.
+    assert_eq!(app.get("/healthz", None).await.status(), StatusCode::OK);
+}

@@ -158,14 +158,27 @@ async fn dispatch(db: &PgPool, broker: &Broker, jobs: &[Outgoing]) {
     for job in jobs {
         metrics::counter!("groundcrew_jobs_enqueued_total", "queue" => job.queue.name(), "kind" => job.kind.clone()).increment(1);
     }
+    // The delete runs off the caller's path and without waiting for a disk flush: if it is
+    // lost, the relay re-pushes the rows and the push skips ids Redis already has.
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-    if let Err(e) = sqlx::query("DELETE FROM job_outbox WHERE id = ANY($1)")
-        .bind(&ids)
-        .execute(db)
-        .await
-    {
-        tracing::warn!(error = %e, "outbox delete failed; the relay will re-push (deduped by id)");
-    }
+    let db = db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = delete_dispatched(&db, &ids).await {
+            tracing::warn!(error = %e, "outbox delete failed; the relay will re-push (deduped by id)");
+        }
+    });
+}
+
+async fn delete_dispatched(db: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM job_outbox WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -68,11 +68,18 @@ async fn committed_job_runs_once_and_rolled_back_job_never_exists() {
             .unwrap()
             .is_none()
     );
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
-        .fetch_one(&env.services.db)
-        .await
-        .unwrap();
-    assert_eq!(outbox, 0, "dispatched rows leave the outbox");
+    eventually(
+        Duration::from_secs(5),
+        "dispatched rows to leave the outbox",
+        || async {
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+                .fetch_one(&env.services.db)
+                .await
+                .unwrap();
+            (outbox == 0).then_some(())
+        },
+    )
+    .await;
     let record = env.services.broker.job(committed).await.unwrap().unwrap();
     assert_eq!(record.status, "succeeded");
     workers.shutdown().await;

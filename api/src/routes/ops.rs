@@ -244,9 +244,7 @@ impl OpsApi {
         auth: BearerAuth,
         name: Path<String>,
     ) -> Result<Done, OpsTargetError> {
-        auth.0.require_any(WRITERS)?;
-        state.services.broker.pause(queue_named(&name)?).await?;
-        Ok(Done::NoContent)
+        set_paused(&state, &auth.0, &name, true).await
     }
 
     /// Resume a paused queue
@@ -261,9 +259,7 @@ impl OpsApi {
         auth: BearerAuth,
         name: Path<String>,
     ) -> Result<Done, OpsTargetError> {
-        auth.0.require_any(WRITERS)?;
-        state.services.broker.resume(queue_named(&name)?).await?;
-        Ok(Done::NoContent)
+        set_paused(&state, &auth.0, &name, false).await
     }
 
     /// Dead jobs, oldest failure first
@@ -557,6 +553,23 @@ pub async fn on_announcement_created(
     _announcement: &AnnouncementInput,
 ) -> Result<(), ApiError> {
     Ok(())
+}
+
+async fn set_paused(
+    state: &ApiState,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Done, OpsTargetError> {
+    caller.require_any(WRITERS)?;
+    let queue = queue_named(name)?;
+    let broker = &state.services.broker;
+    if paused {
+        broker.pause(queue).await?;
+    } else {
+        broker.resume(queue).await?;
+    }
+    Ok(Done::NoContent)
 }
 
 /// `Broker::workers` and `Broker::dead_jobs` send an empty pipeline when there is nothing to

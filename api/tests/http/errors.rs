@@ -184,3 +184,32 @@ async fn metrics_count_requests_by_route() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn docs_spec_compression_and_cors() {
+    let app = TestApp::start_with(groundcrew_testkit::TestEnv::new().await, |c| {
+        c.cors_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    assert_eq!(app.get("/docs", None).await.status(), StatusCode::OK);
+    let spec = app
+        .request(Method::GET, "/openapi.json", None)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(spec.status(), StatusCode::OK);
+    assert_eq!(spec.headers()["content-encoding"], "gzip");
+
+    let preflight = app
+        .request(Method::OPTIONS, "/v1/me", None)
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+}

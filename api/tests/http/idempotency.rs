@@ -21,6 +21,7 @@ async fn concurrent_duplicates_cause_one_effect() {
     let responses = join_all((0..20).map(|_| {
         app.request(Method::POST, "/v1/ops/notifications", Some(&admin))
             .header("Idempotency-Key", "announce-1")
+            .header("X-Request-Id", "req-announce-1")
             .json(&body)
             .send()
     }))
@@ -33,6 +34,11 @@ async fn concurrent_duplicates_cause_one_effect() {
     }
     assert!(bodies.iter().all(|b| *b == bodies[0]), "{bodies:?}");
     assert_eq!(announcements(&app).await, 1);
+    let request_id: Option<String> = sqlx::query_scalar("SELECT request_id FROM ops_announcements")
+        .fetch_one(&app.env.services.db)
+        .await
+        .unwrap();
+    assert_eq!(request_id.as_deref(), Some("req-announce-1"));
 
     let mut other = body.clone();
     other["title"] = "Something else".into();

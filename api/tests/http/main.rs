@@ -1,6 +1,7 @@
 //! HTTP tests: the app on port 0 against a real Postgres and Redis per test.
 
 mod auth;
+mod cli;
 mod errors;
 mod helpers;
 mod idempotency;

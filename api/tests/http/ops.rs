@@ -30,12 +30,31 @@ fn queue<'a>(list: &'a Value, name: &str) -> &'a Value {
         .unwrap()
 }
 
-async fn attempts(app: &TestApp, job: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM canary_attempts WHERE job_id = $1")
-        .bind(job)
-        .fetch_one(&app.env.services.db)
-        .await
-        .unwrap()
+async fn wait_for_attempts(app: &TestApp, job: Uuid, wanted: i64) {
+    eventually(
+        Duration::from_secs(15),
+        "the canary's next attempt",
+        || async {
+            let attempts: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM canary_attempts WHERE job_id = $1")
+                    .bind(job)
+                    .fetch_one(&app.env.services.db)
+                    .await
+                    .unwrap();
+            (attempts == wanted).then_some(())
+        },
+    )
+    .await
+}
+
+/// Waits until the job is dead and returns its status as the ops route shows it.
+async fn dead_status(app: &TestApp, admin: &str, job: Uuid) -> Value {
+    let path = format!("/v1/ops/jobs/{job}");
+    eventually(Duration::from_secs(15), "the canary to die", || async {
+        let status = json_of(app.get(&path, Some(admin)).await, StatusCode::OK).await;
+        (status["status"] == "dead").then_some(status)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -94,12 +113,7 @@ async fn dead_jobs_are_listed_and_retried() {
         concurrency: 2,
     }]);
 
-    let job_path = format!("/v1/ops/jobs/{job}");
-    let dead = eventually(Duration::from_secs(15), "the canary to die", || async {
-        let status = json_of(app.get(&job_path, Some(&admin)).await, StatusCode::OK).await;
-        (status["status"] == "dead").then_some(status)
-    })
-    .await;
+    let dead = dead_status(&app, &admin, job).await;
     assert_eq!(dead["kind"], "maintenance.canary");
     assert_eq!(dead["queue"], "maintenance");
     assert_eq!(dead["attempts"], 1);
@@ -174,22 +188,9 @@ async fn dead_jobs_are_listed_and_retried() {
         )
         .await;
     assert_eq!(json_of(resp, StatusCode::ACCEPTED).await["retried"], 1);
-    eventually(
-        Duration::from_secs(15),
-        "the retried canary to run again",
-        || async { (attempts(&app, job).await == 2).then_some(()) },
-    )
-    .await;
+    wait_for_attempts(&app, job, 2).await;
 
-    eventually(
-        Duration::from_secs(15),
-        "the canary to die again",
-        || async {
-            let status = json_of(app.get(&job_path, Some(&admin)).await, StatusCode::OK).await;
-            (status["status"] == "dead").then_some(())
-        },
-    )
-    .await;
+    dead_status(&app, &admin, job).await;
     let resp = app
         .post(
             "/v1/ops/queues/maintenance/dead-jobs/retry",
@@ -198,12 +199,7 @@ async fn dead_jobs_are_listed_and_retried() {
         )
         .await;
     assert_eq!(json_of(resp, StatusCode::ACCEPTED).await["retried"], 1);
-    eventually(
-        Duration::from_secs(15),
-        "the bulk-retried canary to run",
-        || async { (attempts(&app, job).await == 3).then_some(()) },
-    )
-    .await;
+    wait_for_attempts(&app, job, 3).await;
     workers.shutdown().await;
 
     let unknown = Uuid::now_v7();

@@ -475,6 +475,9 @@ impl Broker {
         let ids: Vec<String> = conn
             .zrange(&keys.dead, offset as isize, (offset + limit) as isize - 1)
             .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new()); // an empty pipeline is an error in redis-rs
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(format!("{}{id}", keys.job_prefix));
@@ -536,6 +539,9 @@ impl Broker {
     pub async fn workers(&self) -> redis::RedisResult<Vec<WorkerInfo>> {
         let mut conn = self.conn.clone();
         let ids: Vec<String> = conn.zrange(self.workers_key(), 0, -1).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new()); // an empty pipeline is an error in redis-rs
+        }
         let mut pipe = redis::pipe();
         for id in &ids {
             pipe.hgetall(format!("{}:worker:{id}", self.prefix));

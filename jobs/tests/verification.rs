@@ -61,13 +61,21 @@ async fn user(env: &TestEnv, timezone: &str) -> Uuid {
 
 async fn start(env: &TestEnv, user: Uuid, provider: ProviderKind, kind: Kind) -> Uuid {
     let mut tx = JobTx::begin(&env.services).await.unwrap();
-    let id = verification::start(&mut tx, user, provider, kind).await.unwrap();
+    let id = verification::start(&mut tx, user, provider, kind)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     id
 }
 
 /// (status, detail, provider session id, session url, client secret) once `ready` holds.
-type Row = (String, Option<String>, Option<String>, Option<String>, Option<String>);
+type Row = (
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 async fn row(env: &TestEnv, id: Uuid) -> Row {
     sqlx::query_as(
@@ -167,8 +175,18 @@ async fn without_credentials_the_session_fails_with_a_clear_detail() {
     let persona_id = start(&env, alice, ProviderKind::Persona, Kind::Identity).await;
     let stripe_row = status_becomes(&env, stripe_id, "failed").await;
     let persona_row = status_becomes(&env, persona_id, "failed").await;
-    assert!(stripe_row.1.unwrap().contains("GROUNDCREW_STRIPE_SECRET_KEY"));
-    assert!(persona_row.1.unwrap().contains("GROUNDCREW_PERSONA_API_KEY"));
+    assert!(
+        stripe_row
+            .1
+            .unwrap()
+            .contains("GROUNDCREW_STRIPE_SECRET_KEY")
+    );
+    assert!(
+        persona_row
+            .1
+            .unwrap()
+            .contains("GROUNDCREW_PERSONA_API_KEY")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,9 +196,19 @@ async fn verified_then_a_late_processing_leaves_it_verified_with_badge_and_one_n
     let alice = user(&env, "UTC").await;
     let (id, session) = opened(&env, alice, Kind::Identity).await;
     let v = id.to_string();
-    deliver(&env, Provider::Stripe, &identity::stripe_identity_event("evt_1", "verified", &session, &v, None)).await;
+    deliver(
+        &env,
+        Provider::Stripe,
+        &identity::stripe_identity_event("evt_1", "verified", &session, &v, None),
+    )
+    .await;
     all_processed(&env, 1).await;
-    deliver(&env, Provider::Stripe, &identity::stripe_identity_event("evt_2", "processing", &session, &v, None)).await;
+    deliver(
+        &env,
+        Provider::Stripe,
+        &identity::stripe_identity_event("evt_2", "processing", &session, &v, None),
+    )
+    .await;
     let outcomes = all_processed(&env, 2).await;
     assert_eq!(outcomes, ["verified", "stale"]);
     status_becomes(&env, id, "verified").await;
@@ -191,10 +219,16 @@ async fn verified_then_a_late_processing_leaves_it_verified_with_badge_and_one_n
             .fetch_one(&env.services.db)
             .await
             .unwrap();
-    assert_eq!(expires_at, verified_at.checked_add_months(Months::new(12)).unwrap());
+    assert_eq!(
+        expires_at,
+        verified_at.checked_add_months(Months::new(12)).unwrap()
+    );
     let sent = notifications(&env, alice).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert_eq!(sent[0].1.as_ref().unwrap()["template"], "verification_result");
+    assert_eq!(
+        sent[0].1.as_ref().unwrap()["template"],
+        "verification_result"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +237,8 @@ async fn the_same_verified_event_delivered_five_times_concurrently_applies_once(
     let (env, _workers) = env_with(with_stripe(&stripe)).await;
     let alice = user(&env, "UTC").await;
     let (id, session) = opened(&env, alice, Kind::Identity).await;
-    let body = identity::stripe_identity_event("evt_dup", "verified", &session, &id.to_string(), None);
+    let body =
+        identity::stripe_identity_event("evt_dup", "verified", &session, &id.to_string(), None);
     let deliveries = (0..5).map(|_| {
         let services = env.services.clone();
         let body = body.clone();
@@ -232,7 +267,10 @@ fn born(timezone: &str, years: u32, days_short: u64) -> NaiveDate {
 async fn age_check(env: &TestEnv, timezone: &str, birthdate: NaiveDate) -> (bool, bool) {
     let user = user(env, timezone).await;
     let id = start(env, user, ProviderKind::Persona, Kind::Age).await;
-    let inquiry = status_becomes(env, id, "requires_input").await.2.expect("inquiry id");
+    let inquiry = status_becomes(env, id, "requires_input")
+        .await
+        .2
+        .expect("inquiry id");
     let event_id = format!("evt_{}", Uuid::now_v7().simple());
     let body = identity::persona_inquiry_event(
         &event_id,
@@ -252,8 +290,16 @@ async fn age_is_counted_on_the_day_in_the_users_time_zone() {
     let (env, _workers) = env_with(with_persona(&persona)).await;
     // Zones on both sides of the date line, so "today" differs between them for part of the day.
     for tz in ["Pacific/Kiritimati", "Pacific/Pago_Pago", "UTC"] {
-        assert_eq!(age_check(&env, tz, born(tz, 18, 0)).await, (true, true), "exactly 18 in {tz}");
-        assert_eq!(age_check(&env, tz, born(tz, 18, 1)).await, (true, false), "a day short in {tz}");
+        assert_eq!(
+            age_check(&env, tz, born(tz, 18, 0)).await,
+            (true, true),
+            "exactly 18 in {tz}"
+        );
+        assert_eq!(
+            age_check(&env, tz, born(tz, 18, 1)).await,
+            (true, false),
+            "a day short in {tz}"
+        );
     }
     // Born on Feb 29: 18 on Mar 1 of the (always common) 18th year.
     let leap_born = NaiveDate::from_ymd_opt(2004, 2, 29).unwrap();
@@ -270,7 +316,12 @@ async fn expiry_reminds_once_thirty_days_before_and_then_takes_the_badge() {
     let (env, _workers) = env_with(with_stripe(&stripe)).await;
     let alice = user(&env, "UTC").await;
     let (id, session) = opened(&env, alice, Kind::Identity).await;
-    deliver(&env, Provider::Stripe, &identity::stripe_identity_event("evt_v", "verified", &session, &id.to_string(), None)).await;
+    deliver(
+        &env,
+        Provider::Stripe,
+        &identity::stripe_identity_event("evt_v", "verified", &session, &id.to_string(), None),
+    )
+    .await;
     status_becomes(&env, id, "verified").await;
     let sweep = || async {
         let mut tx = JobTx::begin(&env.services).await.unwrap();
@@ -281,7 +332,11 @@ async fn expiry_reminds_once_thirty_days_before_and_then_takes_the_badge() {
         notifications(&env, alice)
             .await
             .into_iter()
-            .filter(|(_, email)| email.as_ref().is_some_and(|e| e["template"] == "reverification_reminder"))
+            .filter(|(_, email)| {
+                email
+                    .as_ref()
+                    .is_some_and(|e| e["template"] == "reverification_reminder")
+            })
             .count()
     };
     let set_expiry = |interval: &'static str| {
@@ -299,8 +354,15 @@ async fn expiry_reminds_once_thirty_days_before_and_then_takes_the_badge() {
     set_expiry("29 days").await;
     sweep().await;
     sweep().await;
-    eventually(WITHIN, "a reminder", || async { (reminders().await == 1).then_some(()) }).await;
-    assert_eq!(badges(&env, alice).await, (true, false), "still verified before expiry");
+    eventually(WITHIN, "a reminder", || async {
+        (reminders().await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        badges(&env, alice).await,
+        (true, false),
+        "still verified before expiry"
+    );
 
     set_expiry("-1 second").await;
     sweep().await;

@@ -62,7 +62,10 @@ impl Drop for FakePersona {
 
 fn handle(state: &Mutex<State>, req: Received) -> Reply {
     let error = |status: u16, title: &str| {
-        reply(status, json!({ "errors": [{ "title": title }] }).to_string())
+        reply(
+            status,
+            json!({ "errors": [{ "title": title }] }).to_string(),
+        )
     };
     let authorized = req
         .headers
@@ -118,9 +121,8 @@ pub fn stripe_identity_event(
     dob: Option<chrono::NaiveDate>,
 ) -> String {
     use chrono::Datelike;
-    let verified_outputs = dob.map(|d| {
-        json!({ "dob": { "year": d.year(), "month": d.month(), "day": d.day() } })
-    });
+    let verified_outputs =
+        dob.map(|d| json!({ "dob": { "year": d.year(), "month": d.month(), "day": d.day() } }));
     json!({
         "id": event_id,
         "object": "event",

@@ -30,7 +30,10 @@ struct Report<'a> {
 
 /// `identity.verification_session.*`.
 pub async fn apply_stripe(tx: &mut JobTx, event: &InboxEvent) -> Result<&'static str, JobError> {
-    let status = match event.event_type.trim_start_matches("identity.verification_session.") {
+    let status = match event
+        .event_type
+        .trim_start_matches("identity.verification_session.")
+    {
         "requires_input" => "requires_input",
         "processing" => "processing",
         "verified" => "verified",
@@ -39,7 +42,11 @@ pub async fn apply_stripe(tx: &mut JobTx, event: &InboxEvent) -> Result<&'static
     };
     let session = &event.body["data"]["object"];
     let dob = &session["verified_outputs"]["dob"];
-    let birthdate = match (dob["year"].as_i64(), dob["month"].as_u64(), dob["day"].as_u64()) {
+    let birthdate = match (
+        dob["year"].as_i64(),
+        dob["month"].as_u64(),
+        dob["day"].as_u64(),
+    ) {
         (Some(y), Some(m), Some(d)) => NaiveDate::from_ymd_opt(y as i32, m as u32, d as u32),
         _ => None,
     };
@@ -128,9 +135,9 @@ async fn apply(tx: &mut JobTx, report: Report<'_>) -> Result<&'static str, JobEr
     }
     let now: DateTime<Utc> = row.get("now");
     let adult = (kind == "age").then(|| {
-        report
-            .birthdate
-            .is_some_and(|b| age::is_adult(b, age::local_date(now, &row.get::<String, _>("timezone"))))
+        report.birthdate.is_some_and(|b| {
+            age::is_adult(b, age::local_date(now, &row.get::<String, _>("timezone")))
+        })
     });
     let detail = match (adult, report.birthdate) {
         (Some(false), None) => Some("the provider reported no birth date"),

@@ -46,7 +46,10 @@ impl Job for SweepExpiry {
                     *user,
                     Category::Verification,
                     "Your verification expires soon",
-                    format!("Verify again before {} to keep your badge.", expires_at.date_naive()),
+                    format!(
+                        "Verify again before {} to keep your badge.",
+                        expires_at.date_naive()
+                    ),
                 )
                 .data(vars.clone())
                 .email("reverification_reminder", vars)

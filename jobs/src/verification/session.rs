@@ -68,7 +68,9 @@ impl Job for CreateSession {
         let kind: String = row.get("kind");
         let settings = &ctx.services.verification;
         let opened = match provider.as_str() {
-            "stripe_identity" => open_stripe(settings, self.verification_id, row.get("user_id"), &kind).await,
+            "stripe_identity" => {
+                open_stripe(settings, self.verification_id, row.get("user_id"), &kind).await
+            }
             _ => open_persona(settings, self.verification_id).await,
         };
         let last_attempt = ctx.attempt >= ctx.max_attempts;
@@ -141,7 +143,9 @@ async fn open_stripe(
     kind: &str,
 ) -> Result<Session, OpenError> {
     let key = settings.stripe_secret_key.as_deref().ok_or_else(|| {
-        OpenError::Refused("Stripe Identity is not configured (GROUNDCREW_STRIPE_SECRET_KEY)".into())
+        OpenError::Refused(
+            "Stripe Identity is not configured (GROUNDCREW_STRIPE_SECRET_KEY)".into(),
+        )
     })?;
     let id_text = id.to_string();
     let user_text = user_id.to_string();
@@ -198,7 +202,9 @@ async fn open_persona(settings: &VerificationSettings, id: Uuid) -> Result<Sessi
         .ok_or_else(|| OpenError::Refused("Persona answered without an inquiry id".into()))?;
     Ok(Session {
         id: inquiry.to_owned(),
-        url: Some(format!("https://withpersona.com/verify?inquiry-id={inquiry}")),
+        url: Some(format!(
+            "https://withpersona.com/verify?inquiry-id={inquiry}"
+        )),
         client_secret: json
             .pointer("/meta/session-token")
             .and_then(|v| v.as_str())
@@ -212,8 +218,8 @@ async fn read(
     response: Result<reqwest::Response, reqwest::Error>,
     provider: &str,
 ) -> Result<serde_json::Value, OpenError> {
-    let response = response
-        .map_err(|e| OpenError::Transient(format!("{provider} unreachable: {e}"), None))?;
+    let response =
+        response.map_err(|e| OpenError::Transient(format!("{provider} unreachable: {e}"), None))?;
     let status = response.status();
     let retry_after = response
         .headers()

@@ -40,6 +40,8 @@ pub struct Services {
     pub feed: Arc<feed::FeedSettings>,
     pub picks: Arc<picks::PicksSettings>,
     pub notify: Arc<notify::Providers>,
+    pub escrow: Arc<escrow::EscrowSettings>,
+    pub verification: Arc<verification::VerificationSettings>,
 }
 
 impl Services {
@@ -52,6 +54,8 @@ impl Services {
             feed: Arc::new(feed::FeedSettings::from_env()?),
             picks: Arc::new(picks::PicksSettings::from_env()?),
             notify: Arc::new(notify::Providers::from_env()?),
+            verification: Arc::new(verification::VerificationSettings::from_env()?),
+            escrow: Arc::new(escrow::EscrowSettings::from_env()?),
         })
     }
 

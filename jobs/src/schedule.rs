@@ -47,6 +47,21 @@ pub fn table() -> Vec<ScheduleDef> {
             cron: "0 */15 * * * *",
             job: || Envelope::of(&crate::picks::RebuildLeaderboard {}),
         },
+        ScheduleDef {
+            name: "verification_expiry",
+            cron: "0 7 * * * *",
+            job: || Envelope::of(&crate::verification::SweepExpiry {}),
+        },
+        ScheduleDef {
+            name: "escrow_auto_approve",
+            cron: "15 * * * * *",
+            job: || Envelope::of(&crate::escrow::AutoApprove {}),
+        },
+        ScheduleDef {
+            name: "escrow_sweep_payouts",
+            cron: "45 */5 * * * *",
+            job: || Envelope::of(&crate::escrow::SweepPayouts {}),
+        },
     ]
 }
 

@@ -4,7 +4,9 @@
 pub mod apns;
 pub mod fcm;
 pub mod http_server;
+pub mod identity;
 pub mod smtp;
+pub mod stripe;
 
 use std::{
     future::Future,

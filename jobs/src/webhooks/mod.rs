@@ -4,6 +4,7 @@
 //! processed as `ignored`, and answered 200 like any other.
 
 pub mod signature;
+mod sports;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -161,7 +162,7 @@ impl Job for ProcessEvent {
             event_type: row.get("event_type"),
             body: serde_json::from_str(&body).map_err(JobError::fail)?,
         };
-        let outcome = route(&mut tx, &event).await?;
+        let outcome = route(&mut tx, &ctx.services, &event).await?;
         sqlx::query("UPDATE webhook_inbox SET processed_at = now(), outcome = $2 WHERE id = $1")
             .bind(self.inbox_id)
             .bind(outcome)
@@ -176,6 +177,22 @@ impl Job for ProcessEvent {
 /// Hands an event to the family that owns it; returns what was done, for the inbox record.
 /// Families add a `match` arm on (provider, event type) here as their handlers land; anything
 /// without an arm is recorded as ignored.
-async fn route(_tx: &mut JobTx, _event: &InboxEvent) -> Result<&'static str, JobError> {
-    Ok("ignored")
+async fn route(
+    tx: &mut JobTx,
+    services: &Services,
+    event: &InboxEvent,
+) -> Result<&'static str, JobError> {
+    match (event.provider.as_str(), event.event_type.as_str()) {
+        ("stripe", t) if t.starts_with("payment_intent.") => Ok(
+            crate::escrow::store::apply_payment_event(tx, &services.escrow, t, &event.body).await?,
+        ),
+        ("stripe", t) if t.starts_with("identity.verification_session.") => {
+            crate::verification::events::apply_stripe(tx, event).await
+        }
+        ("persona", t) if t.starts_with("inquiry.") => {
+            crate::verification::events::apply_persona(tx, event).await
+        }
+        ("sports", "event.result") => sports::apply_result(tx, event).await,
+        _ => Ok("ignored"),
+    }
 }

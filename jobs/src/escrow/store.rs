@@ -188,7 +188,7 @@ pub(crate) async fn apply(
     actor: Actor,
     reason: Option<&str>,
 ) -> Result<Escrow, sqlx::Error> {
-    let review_window = (to == State::UnderReview).then(|| settings.review_window.as_secs_f64());
+    let review_window = (to == State::UnderReview).then_some(settings.review_window.as_secs_f64());
     sqlx::query(
         "UPDATE escrows SET state = $2, updated_at = now(),
              review_deadline = CASE WHEN $3::float8 IS NULL THEN review_deadline

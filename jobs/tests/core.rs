@@ -35,6 +35,22 @@ async fn attempts_of(env: &TestEnv, id: Uuid) -> Vec<DateTime<Utc>> {
         .unwrap()
 }
 
+/// Waits for the background delete that follows a successful dispatch.
+async fn outbox_drained(env: &TestEnv) {
+    eventually(
+        Duration::from_secs(5),
+        "dispatched rows to leave the outbox",
+        || async {
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+                .fetch_one(&env.services.db)
+                .await
+                .unwrap();
+            (outbox == 0).then_some(())
+        },
+    )
+    .await;
+}
+
 async fn enqueue(env: &TestEnv, job: &Canary, at: RunAt) -> Uuid {
     let mut tx = JobTx::begin(&env.services).await.unwrap();
     let id = tx.enqueue_at(job, at).await.unwrap();
@@ -68,18 +84,7 @@ async fn committed_job_runs_once_and_rolled_back_job_never_exists() {
             .unwrap()
             .is_none()
     );
-    eventually(
-        Duration::from_secs(5),
-        "dispatched rows to leave the outbox",
-        || async {
-            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
-                .fetch_one(&env.services.db)
-                .await
-                .unwrap();
-            (outbox == 0).then_some(())
-        },
-    )
-    .await;
+    outbox_drained(&env).await;
     let record = env.services.broker.job(committed).await.unwrap().unwrap();
     assert_eq!(record.status, "succeeded");
     workers.shutdown().await;
@@ -121,6 +126,7 @@ async fn relay_pushing_a_row_twice_runs_the_job_once() {
     let mut tx = JobTx::begin(&env.services).await.unwrap();
     let id = tx.enqueue(&Canary::default()).await.unwrap();
     tx.commit().await.unwrap();
+    outbox_drained(&env).await;
     sqlx::query("INSERT INTO job_outbox (id, queue, kind, args, max_attempts, created_at)
                  VALUES ($1, 'maintenance', 'maintenance.canary', '{}', 4, now() - interval '1 minute')")
         .bind(id)

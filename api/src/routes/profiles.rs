@@ -3,7 +3,11 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use groundcrew_jobs::JobTx;
+use groundcrew_jobs::{
+    JobTx,
+    feed::graph,
+    notify::{self, Category, Notification},
+};
 use poem::web::Data;
 use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, payload::Json};
 use uuid::Uuid;
@@ -47,7 +51,7 @@ pub struct Profile {
 }
 
 /// What anyone may see of a user.
-#[derive(Debug, Object, sqlx::FromRow)]
+#[derive(Debug, Object)]
 pub struct PublicProfile {
     pub id: Uuid,
     pub handle: String,
@@ -84,8 +88,8 @@ const PROFILE_COLUMNS: &str =
 impl ProfilesApi {
     /// Create or replace the caller's profile
     ///
-    /// The first call creates the profile (and, once the notify family is in, sends the welcome
-    /// email when an email is given). Fields left out are cleared; `timezone` defaults to `UTC`.
+    /// The first call creates the profile (and sends the welcome email when an email is given).
+    /// Fields left out are cleared; `timezone` defaults to `UTC`.
     /// 409 `handle_taken` when another user has the handle.
     #[oai(path = "/v1/me", method = "put", operation_id = "put_profile")]
     async fn put_profile(
@@ -177,17 +181,23 @@ impl ProfilesApi {
         _auth: BearerAuth,
         id: Path<Uuid>,
     ) -> Result<Json<PublicProfile>, GetUserError> {
-        // The feed family replaces the zero counts when it adds follows.
-        let user: Option<PublicProfile> = sqlx::query_as(
-            "SELECT id, handle, display_name, verified,
-                    0::bigint AS followers_count, 0::bigint AS following_count
-             FROM users WHERE id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&state.services.db)
-        .await?;
-        user.map(Json)
-            .ok_or_else(|| ApiError::not_found("user_not_found", "no user with this id").into())
+        let user: Option<(Uuid, String, Option<String>, bool)> =
+            sqlx::query_as("SELECT id, handle, display_name, verified FROM users WHERE id = $1")
+                .bind(id.0)
+                .fetch_optional(&state.services.db)
+                .await?;
+        let (id, handle, display_name, verified) =
+            user.ok_or_else(|| ApiError::not_found("user_not_found", "no user with this id"))?;
+        let (followers_count, following_count) =
+            graph::follow_counts(&state.services.db, id).await?;
+        Ok(Json(PublicProfile {
+            id,
+            handle,
+            display_name,
+            verified,
+            followers_count,
+            following_count,
+        }))
     }
 }
 
@@ -198,9 +208,22 @@ struct ProfileRow {
     created: bool,
 }
 
-/// Runs in the transaction that created the profile. The notify family enqueues the welcome
-/// email here (when `profile.email` is set), so it is sent exactly when the profile commits.
-pub async fn on_profile_created(_tx: &mut JobTx, _profile: &Profile) -> Result<(), ApiError> {
+/// Runs in the transaction that created the profile, so the welcome email is sent exactly
+/// when the profile commits. Email only: a new user has no devices yet.
+pub async fn on_profile_created(tx: &mut JobTx, profile: &Profile) -> Result<(), ApiError> {
+    if profile.email.is_none() {
+        return Ok(());
+    }
+    let welcome = Notification::new(
+        profile.id,
+        Category::Social,
+        "Welcome",
+        format!("Welcome, @{}", profile.handle),
+    )
+    // The delivery job adds the handle, address and unsubscribe link as they are at sending.
+    .email("welcome", serde_json::json!({}))
+    .without_push();
+    notify::notify(tx, welcome).await?;
     Ok(())
 }
 

@@ -1,0 +1,184 @@
+//! Devices, preferences and the caller's notifications over HTTP, against real Postgres and
+//! Redis with the notify workers running in-process and no push or email provider configured.
+
+#[allow(dead_code)]
+#[path = "http/helpers.rs"]
+mod helpers;
+#[allow(dead_code)]
+mod social;
+
+use groundcrew_jobs::{Queue, worker::PoolSpec};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use helpers::{TestApp, announcement, expect_error};
+use social::{json_with, settled_notifications, signed_up};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_follower_is_listed_with_its_deliveries() {
+    let app = TestApp::start().await;
+    let _workers = app.env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 2,
+    }]);
+    let alice = signed_up(&app, "alice", None).await;
+    let bob = signed_up(&app, "bob", None).await;
+    let device = json!({ "platform": "apns", "environment": "sandbox" });
+    for _ in 0..2 {
+        let resp = app
+            .put("/v1/me/devices/abc123", Some(&bob.token), &device)
+            .await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "idempotent");
+    }
+    let resp = app
+        .request(
+            Method::PUT,
+            &format!("/v1/me/following/{}", bob.id),
+            Some(&alice.token),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+
+    let items = settled_notifications(&app, &bob).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    let item = &items[0];
+    assert_eq!(item["category"], "social");
+    assert_eq!(item["title"], "New follower");
+    assert_eq!(item["body"], "@alice followed you");
+    assert_eq!(item["data"]["follower_id"], json!(alice.id));
+    let deliveries = item["deliveries"].as_array().unwrap();
+    assert_eq!(
+        deliveries.len(),
+        1,
+        "one push to the one device: {deliveries:?}"
+    );
+    assert_eq!(deliveries[0]["channel"], "apns");
+    assert_eq!(deliveries[0]["status"], "skipped");
+    assert_eq!(deliveries[0]["detail"], "provider not configured");
+    assert!(deliveries[0]["at"].is_string());
+
+    // Unregistering forgets the token, so no later push goes to it.
+    let resp = app
+        .request(Method::DELETE, "/v1/me/devices/abc123", Some(&bob.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let devices: i64 = sqlx::query_scalar("SELECT count(*) FROM devices WHERE user_id = $1")
+        .bind(bob.id)
+        .fetch_one(&app.env.services.db)
+        .await
+        .unwrap();
+    assert_eq!(devices, 0);
+    expect_error(
+        app.put(
+            "/v1/me/devices/abc123",
+            Some(&bob.token),
+            &json!({ "platform": "sms" }),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn welcome_emails_and_announcements_are_listed() {
+    let app = TestApp::start().await;
+    let quiet = signed_up(&app, "quiet", None).await;
+    let mailed = signed_up(&app, "mailed", Some("mailed@example.com")).await;
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let page = json_with(
+                app.get("/v1/me/notifications", Some(&token)).await,
+                StatusCode::OK,
+            )
+            .await;
+            page["items"].as_array().unwrap().clone()
+        }
+    };
+    assert!(
+        list(quiet.token.clone()).await.is_empty(),
+        "no email, no welcome"
+    );
+    let welcome = list(mailed.token.clone()).await;
+    assert_eq!(welcome.len(), 1);
+    assert_eq!(welcome[0]["body"], "Welcome, @mailed");
+
+    let resp = app
+        .post(
+            "/v1/ops/notifications",
+            Some(&app.admin()),
+            &announcement(&[quiet.id, mailed.id]),
+        )
+        .await;
+    let id = json_with(resp, StatusCode::ACCEPTED).await["id"].clone();
+    for token in [quiet.token.clone(), mailed.token.clone()] {
+        let items = list(token).await;
+        assert_eq!(items[0]["title"], "Hello");
+        assert_eq!(items[0]["body"], "We shipped something.");
+        assert_eq!(items[0]["data"]["announcement_id"], id);
+    }
+}
+
+#[tokio::test]
+async fn preferences_round_trip_and_refuse_bad_times() {
+    let app = TestApp::start().await;
+    let alice = signed_up(&app, "alice", None).await;
+    let path = "/v1/me/notification-preferences";
+    let defaults = json_with(app.get(path, Some(&alice.token)).await, StatusCode::OK).await;
+    assert_eq!(
+        defaults,
+        json!({
+            "categories": {"social": true, "picks": true, "payments": true,
+                           "verification": true, "marketing": false},
+            "quiet_hours": null,
+            "email_digest": "weekly",
+        })
+    );
+
+    let chosen = json!({
+        "categories": {"social": false, "picks": true, "payments": true,
+                       "verification": true, "marketing": true},
+        "quiet_hours": {"start": "22:30", "end": "07:00"},
+        "email_digest": "off",
+    });
+    let saved = json_with(
+        app.put(path, Some(&alice.token), &chosen).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(saved, chosen);
+    let read = json_with(app.get(path, Some(&alice.token)).await, StatusCode::OK).await;
+    assert_eq!(read, chosen);
+
+    for bad in ["24:00", "7:00", "07:60", "noon"] {
+        let mut body = chosen.clone();
+        body["quiet_hours"]["end"] = bad.into();
+        expect_error(
+            app.put(path, Some(&alice.token), &body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+    let read = json_with(app.get(path, Some(&alice.token)).await, StatusCode::OK).await;
+    assert_eq!(
+        read, chosen,
+        "a refused change leaves the preferences alone"
+    );
+
+    let mut cleared = chosen.clone();
+    cleared["quiet_hours"] = json!(null);
+    json_with(
+        app.put(path, Some(&alice.token), &cleared).await,
+        StatusCode::OK,
+    )
+    .await;
+    let read = json_with(app.get(path, Some(&alice.token)).await, StatusCode::OK).await;
+    assert_eq!(read["quiet_hours"], json!(null));
+}

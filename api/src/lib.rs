@@ -63,6 +63,18 @@ pub enum Tag {
     Profiles,
     /// Queues, dead jobs, schedules and workers (admin; read-only routes also `ops_read`).
     Ops,
+    /// Sports events and results, picks, pick stats and the ROI leaderboard.
+    Picks,
+    /// Deal escrows, their moves and ledger; referrals and payout accounts.
+    Escrow,
+    /// Identity and age verification.
+    Verification,
+    /// Signed events from third parties (payments, identity, sports data).
+    Webhooks,
+    /// Follows, blocks, posts and the home feed.
+    Feed,
+    /// Push devices, notification preferences and the caller's notifications.
+    Notifications,
 }
 
 /// The documented API. Route families add their `…Api` struct to this tuple.
@@ -72,6 +84,12 @@ pub fn openapi_service() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             routes::service::ServiceApi,
             routes::profiles::ProfilesApi,
             routes::ops::OpsApi,
+            routes::picks::PicksApi,
+            routes::escrow::EscrowApi,
+            routes::verification::VerificationApi,
+            routes::webhooks::WebhooksApi,
+            routes::feed::FeedApi,
+            routes::notify::NotifyApi,
         ),
         "groundcrew",
         env!("CARGO_PKG_VERSION"),

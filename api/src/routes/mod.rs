@@ -1,8 +1,14 @@
 //! One module per route family; each holds an `…Api` struct listed in `openapi_service`.
 
+pub mod escrow;
+pub mod feed;
+pub mod notify;
 pub mod ops;
+pub mod picks;
 pub mod profiles;
 pub mod service;
+pub mod verification;
+pub mod webhooks;
 
 use chrono::{DateTime, Utc};
 

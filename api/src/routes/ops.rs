@@ -5,7 +5,12 @@ use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use groundcrew_jobs::{Queue, broker::JobRecord, schedule};
+use groundcrew_jobs::{
+    Queue,
+    broker::JobRecord,
+    notify::{self, Category, Notification},
+    schedule,
+};
 use poem::{http::StatusCode, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
@@ -209,7 +214,7 @@ impl OpsApi {
     ) -> Result<Json<QueueList>, OpsReadError> {
         auth.0.require_any(READERS)?;
         let broker = &state.services.broker;
-        let workers = none_when_empty(broker.workers().await)?;
+        let workers = broker.workers().await?;
         let mut queues = Vec::with_capacity(Queue::ALL.len());
         for queue in Queue::ALL {
             let depth = broker.depth(queue).await?;
@@ -299,13 +304,11 @@ impl OpsApi {
         while position.queue < queues.len() && (items.len() as u64) < limit {
             let queue = queues[position.queue];
             let wanted = limit - items.len() as u64;
-            let page = none_when_empty(
-                state
-                    .services
-                    .broker
-                    .dead_jobs(queue, position.offset, wanted)
-                    .await,
-            )?;
+            let page = state
+                .services
+                .broker
+                .dead_jobs(queue, position.offset, wanted)
+                .await?;
             position.offset += page.len() as u64;
             if (page.len() as u64) < wanted {
                 position = DeadJobCursor {
@@ -465,7 +468,7 @@ impl OpsApi {
         auth: BearerAuth,
     ) -> Result<Json<WorkerList>, OpsReadError> {
         auth.0.require_any(READERS)?;
-        let workers = none_when_empty(state.services.broker.workers().await)?;
+        let workers = state.services.broker.workers().await?;
         Ok(Json(WorkerList {
             items: workers
                 .into_iter()
@@ -545,13 +548,32 @@ impl OpsApi {
     }
 }
 
-/// Runs in the transaction that records the announcement. The notify family enqueues the
-/// deliveries here, so they exist exactly when the announcement commits.
+/// Runs in the transaction that records the announcement, so the deliveries exist exactly
+/// when the announcement commits.
 pub async fn on_announcement_created(
-    _tx: &mut groundcrew_jobs::JobTx,
-    _id: Uuid,
-    _announcement: &AnnouncementInput,
+    tx: &mut groundcrew_jobs::JobTx,
+    id: Uuid,
+    announcement: &AnnouncementInput,
 ) -> Result<(), ApiError> {
+    let category = match announcement.category {
+        NotificationCategory::Social => Category::Social,
+        NotificationCategory::Picks => Category::Picks,
+        NotificationCategory::Payments => Category::Payments,
+        NotificationCategory::Verification => Category::Verification,
+        NotificationCategory::Marketing => Category::Marketing,
+    };
+    let mut data = serde_json::Map::from_iter(announcement.data.clone().unwrap_or_default());
+    // Lets the apps and operators tie a notification back to the announcement that sent it.
+    data.insert("announcement_id".into(), serde_json::json!(id));
+    let notifications = announcement
+        .user_ids
+        .iter()
+        .map(|user| {
+            Notification::new(*user, category, &announcement.title, &announcement.body)
+                .data(serde_json::Value::Object(data.clone()))
+        })
+        .collect();
+    notify::notify_many(tx, notifications).await?;
     Ok(())
 }
 
@@ -570,20 +592,6 @@ async fn set_paused(
         broker.resume(queue).await?;
     }
     Ok(Done::NoContent)
-}
-
-/// `Broker::workers` and `Broker::dead_jobs` send an empty pipeline when there is nothing to
-/// list, which redis-rs refuses as "empty command". Until the job core returns early there,
-/// that refusal means "none".
-fn none_when_empty<T>(listed: redis::RedisResult<Vec<T>>) -> redis::RedisResult<Vec<T>> {
-    match listed {
-        Err(e)
-            if e.kind() == redis::ErrorKind::Client && e.to_string().contains("empty command") =>
-        {
-            Ok(Vec::new())
-        }
-        other => other,
-    }
 }
 
 fn queue_named(name: &str) -> Result<Queue, ApiError> {

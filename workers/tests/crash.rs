@@ -5,17 +5,15 @@
 //! Recovery bound with the lease these tests use (2 s): lease + reclaim interval (lease / 3)
 //! ≈ 2.7 s after the last renewal; each test allows that plus the jobs' own hold time.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{NO_ENV, Workers};
 
 use groundcrew_jobs::{JobTx, Queue, maintenance::Canary};
 use groundcrew_testkit::{TestEnv, eventually};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
+use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -26,48 +24,6 @@ async fn env() -> TestEnv {
         s.shutdown_grace = Duration::from_secs(1);
     })
     .await
-}
-
-struct Workers(Child);
-
-impl Workers {
-    fn start(env: &TestEnv, concurrency: usize) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_workers"))
-            .args(["--queues", "maintenance"])
-            .args(["--concurrency", &format!("maintenance={concurrency}")])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .envs(env.child_env())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("workers binary");
-        Workers(child)
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.0.id() as i32)
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).expect("signal");
-    }
-
-    /// Waits for the process to exit by itself.
-    async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
-        eventually(within, "the worker to exit", || {
-            let status = self.0.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 async fn enqueue_canaries(env: &TestEnv, n: usize, hold_ms: u64) -> Vec<Uuid> {
@@ -126,7 +82,7 @@ async fn assert_all_done_once(env: &TestEnv, ids: &[Uuid]) {
 async fn kill_9_with_100_in_flight_loses_nothing() {
     let env = env().await;
     let ids = enqueue_canaries(&env, 100, 4000).await;
-    let first = Workers::start(&env, 100);
+    let first = Workers::start(&env, "maintenance", 100, NO_ENV);
     wait_for_count(
         &env,
         STARTED,
@@ -140,7 +96,7 @@ async fn kill_9_with_100_in_flight_loses_nothing() {
     drop(first);
     let killed_at = Instant::now();
 
-    let _second = Workers::start(&env, 100);
+    let _second = Workers::start(&env, "maintenance", 100, NO_ENV);
     wait_for_count(
         &env,
         EFFECTS,
@@ -162,7 +118,7 @@ async fn kill_9_with_100_in_flight_loses_nothing() {
 async fn stopped_worker_loses_its_jobs_and_its_late_results_change_nothing() {
     let env = env().await;
     let ids = enqueue_canaries(&env, 20, 2000).await;
-    let stopped = Workers::start(&env, 20);
+    let stopped = Workers::start(&env, "maintenance", 20, NO_ENV);
     wait_for_count(
         &env,
         STARTED,
@@ -173,7 +129,7 @@ async fn stopped_worker_loses_its_jobs_and_its_late_results_change_nothing() {
     .await;
     stopped.signal(Signal::SIGSTOP);
 
-    let mut other = Workers::start(&env, 20);
+    let mut other = Workers::start(&env, "maintenance", 20, NO_ENV);
     wait_for_count(
         &env,
         EFFECTS,
@@ -222,7 +178,7 @@ async fn rolling_deploy_recovers_the_old_process_jobs() {
     let ids = enqueue_canaries(&env, 60, 3000).await;
     // Old and new processes of one deployment overlap (same host; ids differ by pid and a
     // random part, so the new one can never be mistaken for the old).
-    let old = Workers::start(&env, 30);
+    let old = Workers::start(&env, "maintenance", 30, NO_ENV);
     wait_for_count(
         &env,
         STARTED,
@@ -231,7 +187,7 @@ async fn rolling_deploy_recovers_the_old_process_jobs() {
         "the old process busy",
     )
     .await;
-    let _new = Workers::start(&env, 30);
+    let _new = Workers::start(&env, "maintenance", 30, NO_ENV);
     wait_for_count(
         &env,
         STARTED,
@@ -254,7 +210,7 @@ async fn sigterm_finishes_or_hands_back_every_job() {
     let short = enqueue_canaries(&env, 10, 200).await;
     let long = enqueue_canaries(&env, 10, 5000).await;
     let queued = enqueue_canaries(&env, 40, 0).await;
-    let mut worker = Workers::start(&env, 20);
+    let mut worker = Workers::start(&env, "maintenance", 20, NO_ENV);
     wait_for_count(
         &env,
         STARTED,
@@ -272,7 +228,7 @@ async fn sigterm_finishes_or_hands_back_every_job() {
         depth.running, 0,
         "nothing left leased to the stopped worker"
     );
-    let _next = Workers::start(&env, 20);
+    let _next = Workers::start(&env, "maintenance", 20, NO_ENV);
     let all: Vec<Uuid> = short.iter().chain(&long).chain(&queued).copied().collect();
     wait_for_count(&env, EFFECTS, 60, Duration::from_secs(30), "every job").await;
     assert_all_done_once(&env, &all).await;

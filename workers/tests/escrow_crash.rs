@@ -2,11 +2,11 @@
 //! the worker could record it: the rerun repeats the call with the same idempotency key, the
 //! fake Stripe replays the first response, and exactly one transfer exists.
 
-use std::{
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::Workers;
 
 use groundcrew_jobs::escrow::{
     EscrowSettings, Role, State,
@@ -19,30 +19,11 @@ use groundcrew_testkit::{
 };
 use uuid::Uuid;
 
-struct Workers(Child);
-
-impl Workers {
-    fn start(env: &TestEnv, stripe: &FakeStripe) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_workers"))
-            .args(["--queues", "escrow"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .envs(env.child_env())
-            .env("GROUNDCREW_STRIPE_API_BASE", stripe.base_url())
-            .env("GROUNDCREW_STRIPE_SECRET_KEY", SECRET_KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("workers binary");
-        Workers(child)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn stripe_env(stripe: &FakeStripe) -> [(&'static str, String); 2] {
+    [
+        ("GROUNDCREW_STRIPE_API_BASE", stripe.base_url()),
+        ("GROUNDCREW_STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
+    ]
 }
 
 async fn user(env: &TestEnv) -> Uuid {
@@ -119,16 +100,15 @@ async fn a_worker_killed_between_transfer_and_record_causes_one_transfer() {
 
     stripe.hold_transfer_responses(true);
     let made = stripe.next_transfer();
-    let mut first = Workers::start(&env, &stripe);
+    let first = Workers::start(&env, "escrow", 16, stripe_env(&stripe));
     tokio::time::timeout(Duration::from_secs(60), made)
         .await
         .expect("the worker asks for the transfer");
     // The provider has made the transfer; the worker is still waiting for the answer.
-    first.0.kill().expect("kill -9");
-    first.0.wait().expect("reaped");
+    first.kill_9();
     stripe.hold_transfer_responses(false);
 
-    let _second = Workers::start(&env, &stripe);
+    let _second = Workers::start(&env, "escrow", 16, stripe_env(&stripe));
     eventually(
         Duration::from_secs(60),
         "the escrow to be released",

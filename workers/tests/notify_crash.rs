@@ -4,11 +4,11 @@
 //! concurrency — and a repeat carries the collapse id of the first send, so the device shows
 //! one notification.
 
-use std::{
-    collections::HashMap,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::Workers;
 
 use groundcrew_jobs::{
     JobTx,
@@ -20,31 +20,10 @@ use uuid::Uuid;
 const PUSHES: usize = 1000;
 const CONCURRENCY: usize = 16;
 
-struct Workers(Child);
-
-impl Workers {
-    fn start(env: &TestEnv, apns: &FakeApns, dir: &std::path::Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_workers"))
-            .args(["--queues", "notify"])
-            .args(["--concurrency", &format!("notify={CONCURRENCY}")])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .envs(env.child_env())
-            .envs(apns.child_env(dir))
-            .env("GROUNDCREW_DATA_DIR", dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("workers binary");
-        Workers(child)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn notify_env(apns: &FakeApns, dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut env = apns.child_env(dir);
+    env.push(("GROUNDCREW_DATA_DIR".into(), dir.display().to_string()));
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +62,7 @@ async fn kill_9_mid_batch_repeats_only_in_flight_pushes_with_the_same_collapse_i
     .unwrap();
     tx.commit().await.unwrap();
 
-    let first = Workers::start(&env, &apns, &dir);
+    let first = Workers::start(&env, "notify", CONCURRENCY, notify_env(&apns, &dir));
     eventually(Duration::from_secs(30), "a third of the pushes", || async {
         (apns.request_count() >= PUSHES / 3).then_some(())
     })
@@ -92,7 +71,7 @@ async fn kill_9_mid_batch_repeats_only_in_flight_pushes_with_the_same_collapse_i
     let at_kill = apns.request_count();
     assert!(at_kill < PUSHES, "killed mid-batch ({at_kill} sent)");
 
-    let _second = Workers::start(&env, &apns, &dir);
+    let _second = Workers::start(&env, "notify", CONCURRENCY, notify_env(&apns, &dir));
     eventually(Duration::from_secs(60), "every delivery sent", || async {
         let sent: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'",

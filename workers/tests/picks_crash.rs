@@ -4,48 +4,20 @@
 //! of a single clean settlement: each pick graded once, stats equal to a recomputation, each
 //! user notified once.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+mod common;
+
+use std::time::Duration;
+
+use common::{NO_ENV, Workers};
 
 use groundcrew_jobs::{
     JobTx, Queue,
     picks::{EventRef, events::ResultStatus, record_result, stats},
 };
 use groundcrew_testkit::{TestEnv, eventually};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use uuid::Uuid;
 
 const USERS: i64 = 5_000;
-
-struct Workers(Child);
-
-impl Workers {
-    fn start(env: &TestEnv) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_workers"))
-            .args(["--queues", "picks"])
-            .args(["--concurrency", "picks=2"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .envs(env.child_env())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("workers binary");
-        Workers(child)
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_settlement_then_rerun_converges() {
@@ -99,7 +71,7 @@ async fn kill_9_mid_settlement_then_rerun_converges() {
         .await
         .unwrap();
 
-    let first = Workers::start(&env);
+    let first = Workers::start(&env, "picks", 2, NO_ENV);
     eventually(
         Duration::from_secs(60),
         "the settlement to reach its delivery jobs",
@@ -116,11 +88,10 @@ async fn kill_9_mid_settlement_then_rerun_converges() {
         },
     )
     .await;
-    kill(Pid::from_raw(first.0.id() as i32), Signal::SIGKILL).unwrap();
-    drop(first);
+    first.kill_9();
     blocker.rollback().await.unwrap();
 
-    let _second = Workers::start(&env);
+    let _second = Workers::start(&env, "picks", 2, NO_ENV);
     eventually(
         Duration::from_secs(60),
         "the rerun's settlement",

@@ -98,11 +98,11 @@ route_error!(
 );
 route_error!(
     /// Failures of `GET /v1/posts/{id}`.
-    GetPostError: 401, 404, 429, 503
+    GetPostError: 401, 404, 422, 429, 503
 );
 route_error!(
     /// Failures of `DELETE /v1/posts/{id}`.
-    DeletePostError: 401, 403, 404, 429, 503
+    DeletePostError: 401, 403, 404, 422, 429, 503
 );
 route_error!(
     /// Failures of `GET /v1/feed`.

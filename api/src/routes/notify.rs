@@ -129,12 +129,20 @@ enum NoContent {
 }
 
 route_error!(
-    /// Failures of the device routes.
-    DeviceError: 400, 401, 422, 429, 503
+    /// Failures of `PUT /v1/me/devices/{token}`.
+    RegisterDeviceError: 400, 401, 413, 415, 422, 429, 503
 );
 route_error!(
-    /// Failures of the preference routes.
+    /// Failures of `DELETE /v1/me/devices/{token}`.
+    RemoveDeviceError: 400, 401, 422, 429, 503
+);
+route_error!(
+    /// Failures of `GET /v1/me/notification-preferences`.
     PreferencesError: 400, 401, 422, 429, 503
+);
+route_error!(
+    /// Failures of `PUT /v1/me/notification-preferences`.
+    SavePreferencesError: 400, 401, 413, 415, 422, 429, 503
 );
 route_error!(
     /// Failures of `GET /v1/me/notifications`.
@@ -181,7 +189,7 @@ impl NotifyApi {
         auth: BearerAuth,
         #[oai(validator(min_length = 1, max_length = 4096))] token: Path<String>,
         body: Json<DeviceInput>,
-    ) -> Result<NoContent, DeviceError> {
+    ) -> Result<NoContent, RegisterDeviceError> {
         let input = body.0;
         let platform = match input.platform {
             Platform::Apns => "apns",
@@ -223,7 +231,7 @@ impl NotifyApi {
         state: Data<&ApiState>,
         auth: BearerAuth,
         #[oai(validator(min_length = 1, max_length = 4096))] token: Path<String>,
-    ) -> Result<NoContent, DeviceError> {
+    ) -> Result<NoContent, RemoveDeviceError> {
         sqlx::query("DELETE FROM devices WHERE token = $1 AND user_id = $2")
             .bind(&token.0)
             .bind(auth.0.id)
@@ -296,7 +304,7 @@ impl NotifyApi {
         state: Data<&ApiState>,
         auth: BearerAuth,
         body: Json<NotificationPreferences>,
-    ) -> Result<Json<NotificationPreferences>, PreferencesError> {
+    ) -> Result<Json<NotificationPreferences>, SavePreferencesError> {
         let input = body.0;
         let (start, end) = match &input.quiet_hours {
             Some(q) => (

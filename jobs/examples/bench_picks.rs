@@ -143,7 +143,7 @@ async fn main() {
         .await;
         let started = Instant::now();
         let mut tx = env.services.db.begin().await.unwrap();
-        let graded = grading::grade_only(&mut *tx, event_id).await.unwrap();
+        let graded = grading::grade_only(&mut tx, event_id).await.unwrap();
         tx.commit().await.unwrap();
         let floor = started.elapsed().as_secs_f64();
         println!("{{\"bench\":\"floor\",\"run\":{run},\"picks\":{graded},\"seconds\":{floor:.3}}}");

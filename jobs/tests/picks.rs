@@ -138,7 +138,9 @@ async fn grading_table_covers_every_market_selection_and_outcome() {
         &'static str,
         &'static str,
     );
-    let games: Vec<(Option<(i32, i32)>, Vec<Case>)> = vec![
+    /// A final score (none: canceled) and the picks graded against it.
+    type Game = (Option<(i32, i32)>, Vec<Case>);
+    let games: Vec<Game> = vec![
         (
             Some((21, 17)),
             vec![

@@ -50,11 +50,7 @@ impl Job for CreatePaymentIntent {
     const POLICY: Policy = MONEY_POLICY;
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.services.db.acquire().await?;
-        let escrow = store::get(&mut conn, self.escrow_id)
-            .await?
-            .ok_or_else(|| JobError::fail("escrow not found"))?;
-        drop(conn);
+        let escrow = read_escrow(&ctx, self.escrow_id).await?;
         if escrow.client_secret.is_some() || escrow.state != State::PendingPayment {
             return Ok(());
         }
@@ -101,9 +97,7 @@ impl Job for Release {
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let settings = &ctx.services.escrow;
         let mut tx = begin(&ctx).await?;
-        let escrow = store::lock(tx.conn(), self.escrow_id)
-            .await?
-            .ok_or_else(|| JobError::fail("escrow not found"))?;
+        let escrow = lock_escrow(&mut tx, self.escrow_id).await?;
         let escrow = match escrow.state {
             State::Approved => {
                 let escrow = store::apply(
@@ -201,9 +195,7 @@ impl Job for Release {
         }
 
         let mut tx = begin(&ctx).await?;
-        let escrow = store::lock(tx.conn(), escrow.id)
-            .await?
-            .ok_or_else(|| JobError::fail("escrow not found"))?;
+        let escrow = lock_escrow(&mut tx, escrow.id).await?;
         let unpaid: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM escrow_payouts
              WHERE escrow_id = $1 AND status IN ('pending', 'waiting_account')",
@@ -246,11 +238,7 @@ impl Job for Refund {
     const POLICY: Policy = MONEY_POLICY;
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        let mut conn = ctx.services.db.acquire().await?;
-        let escrow = store::get(&mut conn, self.escrow_id)
-            .await?
-            .ok_or_else(|| JobError::fail("escrow not found"))?;
-        drop(conn);
+        let escrow = read_escrow(&ctx, self.escrow_id).await?;
         if escrow.state != State::Refunding {
             return Ok(());
         }
@@ -370,4 +358,19 @@ impl From<store::MoveError> for JobError {
             other => JobError::fail(other),
         }
     }
+}
+
+/// The escrow as it is now; a job whose escrow is gone can never succeed.
+async fn read_escrow(ctx: &JobContext, id: Uuid) -> Result<store::Escrow, JobError> {
+    let mut conn = ctx.services.db.acquire().await?;
+    store::get(&mut conn, id)
+        .await?
+        .ok_or_else(|| JobError::fail("escrow not found"))
+}
+
+/// The escrow, row-locked for the rest of the transaction.
+async fn lock_escrow(tx: &mut JobTx, id: Uuid) -> Result<store::Escrow, JobError> {
+    store::lock(tx.conn(), id)
+        .await?
+        .ok_or_else(|| JobError::fail("escrow not found"))
 }

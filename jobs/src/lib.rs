@@ -42,6 +42,7 @@ pub struct Services {
     pub notify: Arc<notify::Providers>,
     pub escrow: Arc<escrow::EscrowSettings>,
     pub verification: Arc<verification::VerificationSettings>,
+    pub media: Arc<media::MediaSettings>,
 }
 
 impl Services {
@@ -56,6 +57,7 @@ impl Services {
             notify: Arc::new(notify::Providers::from_env()?),
             verification: Arc::new(verification::VerificationSettings::from_env()?),
             escrow: Arc::new(escrow::EscrowSettings::from_env()?),
+            media: Arc::new(media::MediaSettings::from_env()?),
         })
     }
 

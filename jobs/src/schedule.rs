@@ -62,6 +62,11 @@ pub fn table() -> Vec<ScheduleDef> {
             cron: "45 */5 * * * *",
             job: || Envelope::of(&crate::escrow::SweepPayouts {}),
         },
+        ScheduleDef {
+            name: "media_sweep_unattached",
+            cron: "0 23 * * * *",
+            job: || Envelope::of(&crate::media::SweepUnattached {}),
+        },
     ]
 }
 

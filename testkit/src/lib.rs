@@ -5,6 +5,8 @@ pub mod apns;
 pub mod fcm;
 pub mod http_server;
 pub mod identity;
+pub mod media;
+pub mod s3;
 pub mod smtp;
 pub mod stripe;
 
@@ -15,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use groundcrew_jobs::{CoreSettings, Services, db, worker::PoolSpec};
+use groundcrew_jobs::{CoreSettings, Services, db, media::MediaSettings, worker::PoolSpec};
 use tokio_util::sync::CancellationToken;
 
 pub fn postgres_base() -> String {
@@ -33,6 +35,8 @@ pub struct TestEnv {
     pub settings: CoreSettings,
     pub db_name: String,
     pub private_redis: Option<PrivateRedis>,
+    /// `GROUNDCREW_DATA_DIR` of this test: media objects and scratch files.
+    pub data_dir: tempfile::TempDir,
 }
 
 impl TestEnv {
@@ -72,13 +76,18 @@ impl TestEnv {
             poll_interval: Duration::from_millis(500),
         };
         tweak(&mut settings);
-        let services = Services::new(settings.clone(), 20).expect("services");
+        let mut services = Services::new(settings.clone(), 20).expect("services");
+        let data_dir = tempfile::tempdir().expect("test data dir");
+        services.media = std::sync::Arc::new(
+            MediaSettings::local(data_dir.path()).expect("media storage in the test's data dir"),
+        );
         db::migrate(&services.db).await.expect("migrations");
         TestEnv {
             services,
             settings,
             db_name,
             private_redis: redis,
+            data_dir,
         }
     }
 
@@ -104,6 +113,10 @@ impl TestEnv {
             (
                 "GROUNDCREW_POLL_INTERVAL".into(),
                 format!("{}ms", s.poll_interval.as_millis()),
+            ),
+            (
+                "GROUNDCREW_DATA_DIR".into(),
+                self.data_dir.path().display().to_string(),
             ),
         ]
     }

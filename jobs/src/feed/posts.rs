@@ -69,16 +69,17 @@ pub async fn create_post(
     Ok(post)
 }
 
-/// Hook for the media family: every media id on a post must be a `media` row the author owns.
-/// The `media` table does not exist yet, so this accepts everything; when it lands, this
-/// becomes one `SELECT id FROM media WHERE id = ANY($2) AND owner_id <> $1 …` returning
-/// [`PostError::MediaNotOwned`] for the first stranger (or missing) id.
+/// Every media id on a post must be a `media` row the author owns; attaching makes them
+/// visible to the post's readers.
 pub async fn check_media_ownership(
-    _conn: &mut PgConnection,
-    _author: Uuid,
-    _media_ids: &[Uuid],
+    conn: &mut PgConnection,
+    author: Uuid,
+    media_ids: &[Uuid],
 ) -> Result<(), PostError> {
-    Ok(())
+    match crate::media::access::attach_to_post(conn, author, media_ids).await? {
+        None => Ok(()),
+        Some(stranger) => Err(PostError::MediaNotOwned(stranger)),
+    }
 }
 
 /// A post as `viewer` may see it: not deleted, and neither of the two blocks the other.

@@ -75,6 +75,8 @@ pub enum Tag {
     Feed,
     /// Push devices, notification preferences and the caller's notifications.
     Notifications,
+    /// Photo and video uploads and their renditions.
+    Media,
 }
 
 /// The documented API. Route families add their `…Api` struct to this tuple.
@@ -90,6 +92,7 @@ pub fn openapi_service() -> OpenApiService<impl poem_openapi::OpenApi, ()> {
             routes::webhooks::WebhooksApi,
             routes::feed::FeedApi,
             routes::notify::NotifyApi,
+            routes::media::MediaApi,
         ),
         "groundcrew",
         env!("CARGO_PKG_VERSION"),
@@ -157,8 +160,12 @@ fn cors(origins: &[String]) -> Option<Cors> {
 }
 
 /// Refuses bodies over the limit: by `Content-Length` up front, and by reading at most the
-/// limit when the body is streamed without one.
+/// limit when the body is streamed without one. Uploads (`POST /v1/media`) are exempt: that
+/// route streams them into storage under the media limits, which are far larger.
 async fn limit_body<E: Endpoint>(ep: E, mut req: Request, limit: usize) -> poem::Result<Response> {
+    if req.method() == Method::POST && req.uri().path() == "/v1/media" {
+        return ep.call(req).await.map(IntoResponse::into_response);
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -80,7 +80,7 @@ pub fn phone_photo(dir: &Path, textured: bool) -> Vec<u8> {
         "2",
         path.to_str().expect("utf-8 path"),
     ]);
-    let jpeg = std::fs::read(&path).expect("ffmpeg's JPEG");
+    let jpeg = std::fs::read(path).expect("ffmpeg's JPEG");
     with_exif(&jpeg, &exif_orientation_6_with_gps())
 }
 

@@ -2,6 +2,7 @@
 
 pub mod escrow;
 pub mod feed;
+pub mod media;
 pub mod notify;
 pub mod ops;
 pub mod picks;

@@ -62,7 +62,9 @@ impl TestApp {
         let mut config = test_config();
         tweak(&mut config);
         // More connections than the fixture's pool: the idempotency test holds 20 at once.
-        let services = Services::new(env.settings.clone(), 40).expect("services");
+        let mut services = Services::new(env.settings.clone(), 40).expect("services");
+        // Media stored where the test's workers read it (its data dir, or its local S3).
+        services.media = env.services.media.clone();
         let state = ApiState::new(services, config.clone()).expect("state");
         let acceptor = groundcrew_api::bind(config.http_addr).await.expect("bind");
         let addr = poem::listener::Acceptor::local_addr(&acceptor)[0]

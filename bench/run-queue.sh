@@ -22,8 +22,13 @@ LATENCY_CONCURRENCY=${LATENCY_CONCURRENCY:-16}
 BULLMQ_DIR=${BULLMQ_DIR:-$(cd .. && pwd)/shared/peers/bullmq}
 OUT=${OUT:-bench/results/queue-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 
-cargo build --release -p groundcrew-bench
-BIN=${CARGO_TARGET_DIR:-target}/release/bench-queue
+# BIN: the bench-queue binary (default: built here); BIN_NEXT: a second build of it, measured
+# as the system `ours-next` (label groundcrew-next) for an A/B of a change to the runtime.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release -p groundcrew-bench
+  BIN=${CARGO_TARGET_DIR:-target}/release/bench-queue
+fi
+BIN_NEXT=${BIN_NEXT:-}
 [ -d "$BULLMQ_DIR/node_modules" ] || (cd "$BULLMQ_DIR" && npm install --no-audit --no-fund)
 
 port=$((20000 + RANDOM % 20000))
@@ -46,12 +51,13 @@ bullmq() { (cd "$BULLMQ_DIR" && REDIS_PORT=$port node bench.mjs "$@"); }
 run() {
   redis-cli -p "$port" flushall >/dev/null
   echo "# $(date -u +%T) $* load $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT"
-  "$@" | grep '^{' | tee -a "$OUT"
+  "$@" | grep '^{' | sed "s/\"system\":\"groundcrew\"/\"system\":\"${LABEL:-groundcrew}\"/" | tee -a "$OUT"
 }
 
 drain() { # system concurrency
   case $1 in
     ours) run "$BIN" --redis-url "$URL" drain --jobs "$JOBS" --concurrency "$2" ;;
+    ours-next) LABEL=groundcrew-next run "$BIN_NEXT" --redis-url "$URL" drain --jobs "$JOBS" --concurrency "$2" ;;
     apalis-default | apalis-fast)
       run "$BIN" --redis-url "$URL" drain-apalis --jobs "$JOBS" --concurrency "$2" --config "${1#apalis-}" ;;
     bullmq) run bullmq_drain "$2" ;;
@@ -76,8 +82,11 @@ for round in $(seq "$ROUNDS"); do
   fi
   if [[ " $PHASES " == *" latency "* ]]; then
     for path in outbox broker; do
-      run "$BIN" --redis-url "$URL" latency --rate "$LATENCY_RATE" --seconds "$LATENCY_SECONDS" \
-        --concurrency "$LATENCY_CONCURRENCY" --path "$path"
+      for bin in "$BIN" $BIN_NEXT; do
+        LABEL=$([ "$bin" = "$BIN" ] && echo groundcrew || echo groundcrew-next) \
+          run "$bin" --redis-url "$URL" latency --rate "$LATENCY_RATE" \
+          --seconds "$LATENCY_SECONDS" --concurrency "$LATENCY_CONCURRENCY" --path "$path"
+      done
     done
     run bullmq latency "$LATENCY_RATE" "$LATENCY_SECONDS" "$LATENCY_CONCURRENCY"
   fi

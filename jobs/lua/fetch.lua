@@ -21,6 +21,8 @@ local out = {now, 0}
 local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
 if ids then
   local deadline = now + tonumber(ARGV[3])
+  -- score, id pairs for one variadic ZADD: a call per job costs more than the ZADD itself.
+  local leased = {}
   for i = 1, #ids do
     local id = ids[i]
     local key = ARGV[1] .. id
@@ -30,7 +32,8 @@ if ids then
       local lease = tonumber(job[6]) + 1
       redis.call('HSET', key, 'status', 'running', 'attempts', attempts, 'lease', lease,
         'worker', ARGV[4], 'started_at', now)
-      redis.call('ZADD', KEYS[3], deadline, id)
+      leased[#leased + 1] = deadline
+      leased[#leased + 1] = id
       out[#out + 1] = id
       out[#out + 1] = job[1]
       out[#out + 1] = job[2]
@@ -40,6 +43,7 @@ if ids then
       out[#out + 1] = lease
     end
   end
+  if #leased > 0 then redis.call('ZADD', KEYS[3], unpack(leased)) end
 end
 if #out == 2 then
   local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

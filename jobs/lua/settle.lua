@@ -9,12 +9,14 @@ local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local applied = 0
 local requeued = 0
+-- ids leaving the in-flight set, removed with one variadic ZREM at the end.
+local settled = {}
 for i = 4, #ARGV, 5 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
   local cur = redis.call('HMGET', key, 'lease', 'status')
   if cur[1] == ARGV[i + 1] and cur[2] == 'running' then
-    redis.call('ZREM', KEYS[1], id)
+    settled[#settled + 1] = id
     local outcome = ARGV[i + 2]
     if outcome == 'ok' then
       redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now)
@@ -39,6 +41,7 @@ for i = 4, #ARGV, 5 do
     applied = applied + 1
   end
 end
+if #settled > 0 then redis.call('ZREM', KEYS[1], unpack(settled)) end
 -- Idle workers re-read when the next job falls due (a retry) or take it now (handed back).
 if requeued > 0 then redis.call('PUBLISH', ARGV[3], requeued) end
 return applied

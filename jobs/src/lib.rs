@@ -43,13 +43,17 @@ pub struct Services {
     pub escrow: Arc<escrow::EscrowSettings>,
     pub verification: Arc<verification::VerificationSettings>,
     pub media: Arc<media::MediaSettings>,
+    /// Deletes outbox rows once their jobs are in Redis.
+    pub outbox: Arc<outbox::OutboxCleaner>,
 }
 
 impl Services {
     /// Builds the handles without connecting: a process starts while a store is down.
     pub fn new(settings: CoreSettings, max_db_connections: u32) -> Result<Self, StartError> {
+        let db = db::pool(&settings.database_url, max_db_connections)?;
         Ok(Services {
-            db: db::pool(&settings.database_url, max_db_connections)?,
+            outbox: Arc::new(outbox::OutboxCleaner::new(db.clone())),
+            db,
             broker: broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?,
             settings: Arc::new(settings),
             feed: Arc::new(feed::FeedSettings::from_env()?),

@@ -53,6 +53,11 @@ pub fn table() -> Vec<ScheduleDef> {
             job: || Envelope::of(&crate::verification::SweepExpiry {}),
         },
         ScheduleDef {
+            name: "notify_weekly_digest",
+            cron: "0 0 9 * * Mon",
+            job: || Envelope::of(&crate::notify::SendWeeklyDigests {}),
+        },
+        ScheduleDef {
             name: "escrow_auto_approve",
             cron: "15 * * * * *",
             job: || Envelope::of(&crate::escrow::AutoApprove {}),

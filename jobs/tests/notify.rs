@@ -8,7 +8,8 @@ use chrono::{DateTime, Timelike, Utc};
 use groundcrew_jobs::{
     JobTx, Queue,
     notify::{
-        Category, Deliver, Notification, Providers, notify, notify_many, settings::NotifySettings,
+        Category, Deliver, Notification, Providers, SendWeeklyDigests, notify, notify_many,
+        settings::NotifySettings,
     },
     worker::PoolSpec,
 };
@@ -499,6 +500,75 @@ async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_su
         parts[2]
     );
     assert_eq!(parts[3].trim(), "--");
+}
+
+/// Runs the digest job once and waits until the notify queue is idle again.
+async fn run_digest(env: &TestEnv) {
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    tx.enqueue(&SendWeeklyDigests {}).await.unwrap();
+    tx.commit().await.unwrap();
+    eventually(WITHIN, "the digest run to finish", || async {
+        let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+        (depth.pending + depth.running + depth.scheduled == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_weekly_digest_lists_the_week_once_and_only_for_those_who_want_it() {
+    let smtp = SmtpServer::start();
+    let (env, _workers) = env_with(settings(None, None, Some(&smtp))).await;
+    let busy = user(&env, Some("busy@example.test"), "UTC").await;
+    let opted_out = user(&env, Some("quiet@example.test"), "UTC").await;
+    let _idle = user(&env, Some("idle@example.test"), "UTC").await;
+    sqlx::query("INSERT INTO notification_preferences (user_id, email_digest) VALUES ($1, 'off')")
+        .bind(opted_out)
+        .execute(&env.services.db)
+        .await
+        .unwrap();
+    for (to, title) in [
+        (busy, "Sam followed you"),
+        (busy, "Your pick won"),
+        (busy, "Old news"),
+        (opted_out, "Kim followed you"),
+    ] {
+        send(
+            &env,
+            Notification::new(to, Category::Social, title, "details"),
+        )
+        .await;
+    }
+    sqlx::query(
+        "UPDATE notifications SET created_at = now() - interval '8 days' WHERE title = 'Old news'",
+    )
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+
+    run_digest(&env).await;
+    eventually(WITHIN, "the digest email", || async {
+        (!smtp.messages().is_empty()).then_some(())
+    })
+    .await;
+    // A second run in the same week (a re-run, or an overlapping tick) sends nothing more.
+    run_digest(&env).await;
+
+    let mails = smtp.messages();
+    assert_eq!(
+        mails.len(),
+        1,
+        "one digest, to the one user who wants it and had news"
+    );
+    let mail = &mails[0];
+    assert_eq!(mail.rcpt_to, vec!["busy@example.test".to_owned()]);
+    assert_eq!(
+        mail.header("Subject").as_deref(),
+        Some("Your week: 2 updates")
+    );
+    let text = mail.text();
+    assert!(text.contains("- Your pick won: details"), "{text}");
+    assert!(text.contains("- Sam followed you: details"), "{text}");
+    assert!(!text.contains("Old news"), "older than a week: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 
 pub mod apns;
 mod deliver;
+pub mod digest;
 pub mod email;
 pub mod fcm;
 pub mod preferences;
@@ -17,11 +18,13 @@ use uuid::Uuid;
 use crate::{outbox::JobTx, queue::Queue, settings::ConfigError};
 
 pub use deliver::Deliver;
+pub use digest::SendWeeklyDigests;
 
 crate::queue_jobs! {
     /// Push and email delivery.
     pub enum NotifyJob for Queue::Notify {
         Deliver(Deliver),
+        SendWeeklyDigests(SendWeeklyDigests),
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::Workers;
+use common::{Workers, stripe_env, user};
 
 use groundcrew_jobs::escrow::{
     EscrowSettings, Role, State,
@@ -17,25 +17,6 @@ use groundcrew_testkit::{
     TestEnv, eventually,
     stripe::{FakeStripe, SECRET_KEY},
 };
-use uuid::Uuid;
-
-fn stripe_env(stripe: &FakeStripe) -> [(&'static str, String); 2] {
-    [
-        ("GROUNDCREW_STRIPE_API_BASE", stripe.base_url()),
-        ("GROUNDCREW_STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
-    ]
-}
-
-async fn user(env: &TestEnv) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[16..]))
-        .execute(&env.services.db)
-        .await
-        .expect("user");
-    id
-}
 
 #[tokio::test]
 async fn a_worker_killed_between_transfer_and_record_causes_one_transfer() {

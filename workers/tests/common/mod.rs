@@ -9,14 +9,38 @@ use std::{
     time::Duration,
 };
 
-use groundcrew_testkit::{TestEnv, eventually};
+use groundcrew_testkit::{
+    TestEnv, eventually,
+    stripe::{FakeStripe, SECRET_KEY},
+};
 use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
+use uuid::Uuid;
 
 /// For tests whose workers need no settings beyond the test's stores.
 pub const NO_ENV: [(&str, &str); 0] = [];
+
+/// The environment that points a worker's escrow jobs at a local fake Stripe.
+pub fn stripe_env(stripe: &FakeStripe) -> [(&'static str, String); 2] {
+    [
+        ("GROUNDCREW_STRIPE_API_BASE", stripe.base_url()),
+        ("GROUNDCREW_STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
+    ]
+}
+
+/// A user row with a unique handle.
+pub async fn user(env: &TestEnv) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
+        .bind(id)
+        .bind(format!("u{}", &id.simple().to_string()[16..]))
+        .execute(&env.services.db)
+        .await
+        .expect("user");
+    id
+}
 
 /// A running `workers` process; killed (SIGKILL) and reaped when dropped.
 pub struct Workers(Child);
@@ -33,9 +57,24 @@ impl Workers {
         K: AsRef<OsStr>,
         V: AsRef<OsStr>,
     {
+        Self::start_pools(env, &[(queue, concurrency)], extra)
+    }
+
+    /// Works each (queue, concurrency) of `pools` in one process.
+    pub fn start_pools<K, V>(
+        env: &TestEnv,
+        pools: &[(&str, usize)],
+        extra: impl IntoIterator<Item = (K, V)>,
+    ) -> Self
+    where
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let queues: Vec<&str> = pools.iter().map(|(queue, _)| *queue).collect();
+        let concurrency: Vec<String> = pools.iter().map(|(q, c)| format!("{q}={c}")).collect();
         let child = Command::new(env!("CARGO_BIN_EXE_workers"))
-            .args(["--queues", queue])
-            .args(["--concurrency", &format!("{queue}={concurrency}")])
+            .args(["--queues", &queues.join(",")])
+            .args(["--concurrency", &concurrency.join(",")])
             .args(["--metrics-addr", "127.0.0.1:0"])
             .envs(env.child_env())
             .envs(extra)

@@ -271,7 +271,7 @@ async fn s3_renditions_redirect_to_a_signed_url_that_serves_them() {
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&moto.endpoint()), "{location}");
     assert!(location.contains("X-Amz-Signature="), "{location}");
-    let signed = reqwest::get(&location).await.unwrap();
+    let signed = reqwest::get(location).await.unwrap();
     assert_eq!(signed.status(), StatusCode::OK);
     let body = signed.bytes().await.unwrap();
     assert_eq!(body.len() as i64, w320["bytes"].as_i64().unwrap());

@@ -44,7 +44,7 @@ pub async fn receive(
     declared: MediaType,
     declared_len: Option<u64>,
     request_id: Option<String>,
-    body: impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+    mut body: impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
 ) -> Result<Uploaded, UploadError> {
     let limits = &services.media.limits;
     let limit = match declared.kind() {
@@ -54,7 +54,6 @@ pub async fn receive(
     if declared_len.is_some_and(|len| len > limit) {
         return Err(UploadError::TooLarge { limit });
     }
-    let mut body = body;
     let head = read_head(&mut body).await?;
     match MediaType::sniff(&head) {
         Some(real) if real.agrees_with(declared) => {}

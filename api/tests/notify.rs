@@ -182,3 +182,56 @@ async fn preferences_round_trip_and_refuse_bad_times() {
     let read = json_with(app.get(path, Some(&alice.token)).await, StatusCode::OK).await;
     assert_eq!(read["quiet_hours"], json!(null));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suppressed_address_gets_no_email_and_only_admins_change_the_list() {
+    let app = TestApp::start().await;
+    let _workers = app.env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 2,
+    }]);
+    let bounce = json!({ "reason": "bounce" });
+    let path = "/v1/ops/email-suppressions/Bounced@Example.com";
+    let someone = signed_up(&app, "someone", None).await;
+    expect_error(
+        app.put(path, Some(&someone.token), &bounce).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        app.put(
+            "/v1/ops/email-suppressions/not-an-address",
+            Some(&app.admin()),
+            &bounce,
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    for _ in 0..2 {
+        let resp = app.put(path, Some(&app.admin()), &bounce).await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "idempotent");
+    }
+
+    let bounced = signed_up(&app, "bounced", Some("bounced@example.com")).await;
+    let welcome = settled_notifications(&app, &bounced).await;
+    let deliveries = welcome[0]["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    assert_eq!(deliveries[0]["channel"], "email");
+    assert_eq!(deliveries[0]["status"], "skipped");
+    assert_eq!(deliveries[0]["detail"], "address suppressed");
+
+    let resp = app
+        .request(Method::DELETE, path, Some(&app.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM email_suppressions")
+        .fetch_one(&app.env.services.db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "the address may be mailed again");
+}

@@ -9,7 +9,12 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, param::Query
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::{ApiState, Tag, auth::BearerAuth, error::ApiError, route_error};
+use crate::{
+    ApiState, Tag,
+    auth::{BearerAuth, Role},
+    error::ApiError,
+    route_error,
+};
 
 pub struct NotifyApi;
 
@@ -121,6 +126,34 @@ pub struct NotificationPage {
     pub next_cursor: Option<String>,
 }
 
+/// Why an address gets no more email.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum SuppressionReason {
+    /// The mail provider reported a hard bounce.
+    Bounce,
+    /// The recipient marked a message as spam.
+    Complaint,
+    /// The recipient unsubscribed by a way other than the `List-Unsubscribe` link.
+    Unsubscribe,
+}
+
+impl SuppressionReason {
+    const fn as_str(self) -> &'static str {
+        match self {
+            SuppressionReason::Bounce => "bounce",
+            SuppressionReason::Complaint => "complaint",
+            SuppressionReason::Unsubscribe => "unsubscribe",
+        }
+    }
+}
+
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct SuppressionInput {
+    pub reason: SuppressionReason,
+}
+
 #[derive(ApiResponse)]
 enum NoContent {
     /// Done.
@@ -148,6 +181,17 @@ route_error!(
     /// Failures of `GET /v1/me/notifications`.
     ListNotificationsError: 400, 401, 422, 429, 503
 );
+route_error!(
+    /// Failures of `PUT /v1/ops/email-suppressions/{email}`.
+    SuppressError: 400, 401, 403, 413, 415, 422, 429, 503
+);
+route_error!(
+    /// Failures of `DELETE /v1/ops/email-suppressions/{email}`.
+    UnsuppressError: 400, 401, 403, 422, 429, 503
+);
+
+/// Who may change the suppression list.
+const SUPPRESSION_WRITERS: &[Role] = &[Role::Admin];
 
 fn parse_time(field: &str, hh_mm: &str) -> Result<NaiveTime, ApiError> {
     NaiveTime::parse_from_str(hh_mm, "%H:%M")
@@ -421,5 +465,56 @@ impl NotifyApi {
             })
             .flatten();
         Ok(Json(NotificationPage { items, next_cursor }))
+    }
+
+    /// Stop email to an address (admin)
+    ///
+    /// For the bounces and complaints a mail provider reports. Idempotent; the address is
+    /// matched case-insensitively. Email to it is then `skipped` with detail
+    /// `address suppressed`; push is unaffected.
+    #[oai(
+        path = "/v1/ops/email-suppressions/:email",
+        method = "put",
+        operation_id = "put_email_suppression"
+    )]
+    async fn put_email_suppression(
+        &self,
+        state: Data<&ApiState>,
+        auth: BearerAuth,
+        #[oai(validator(max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$"))] email: Path<String>,
+        body: Json<SuppressionInput>,
+    ) -> Result<NoContent, SuppressError> {
+        auth.0.require_any(SUPPRESSION_WRITERS)?;
+        sqlx::query(
+            "INSERT INTO email_suppressions (email, reason) VALUES (lower($1), $2)
+             ON CONFLICT (email) DO UPDATE SET reason = EXCLUDED.reason",
+        )
+        .bind(&email.0)
+        .bind(body.0.reason.as_str())
+        .execute(&state.services.db)
+        .await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Allow email to an address again (admin)
+    ///
+    /// Idempotent.
+    #[oai(
+        path = "/v1/ops/email-suppressions/:email",
+        method = "delete",
+        operation_id = "delete_email_suppression"
+    )]
+    async fn delete_email_suppression(
+        &self,
+        state: Data<&ApiState>,
+        auth: BearerAuth,
+        #[oai(validator(max_length = 254, pattern = r"^[^@\s]+@[^@\s]+$"))] email: Path<String>,
+    ) -> Result<NoContent, UnsuppressError> {
+        auth.0.require_any(SUPPRESSION_WRITERS)?;
+        sqlx::query("DELETE FROM email_suppressions WHERE email = lower($1)")
+            .bind(&email.0)
+            .execute(&state.services.db)
+            .await?;
+        Ok(NoContent::Done)
     }
 }

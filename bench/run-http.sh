@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The HTTP benchmark (issues #3, #4, #9): wrk on loopback against the API (release build) and
+# a bare poem server (api/examples/bench_floor.rs) on the same machine, Postgres and Redis on it
+# too. Targets alternate within each round so that load from elsewhere falls on all alike.
+#
+#   phase 1 (no workers):  floor GET /, GET /healthz, PUT /v1/me, POST /v1/posts (enqueues)
+#   phase 2 (workers for feed + verification running):  GET /v1/feed, POST /v1/webhooks/sports
+#           (signed, unique ids), the floor's verify-only POST /verify; then the time for the
+#           webhook inbox backlog to return to zero.
+#
+#   bench/run-http.sh                        # 3 rounds of 10 s per target, 64 connections
+#   ROUNDS=5 DURATION=20 CONNECTIONS=128 bench/run-http.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+USERS=${USERS:-1000}
+OUT=${OUT:-bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
+PG=${GROUNDCREW_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
+
+# One build for all three, so cargo resolves features once (two builds rebuild each other's crates).
+cargo build --release -p groundcrew-api -p workers --bin api --bin workers --example bench_floor
+REL=${CARGO_TARGET_DIR:-target}/release
+WORK=$(mktemp -d)
+free_port() {
+  local port=$((20000 + RANDOM % 20000))
+  while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+  echo "$port"
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null &
+pids=($!)
+db=gc_bench_http_$$
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+psql "$PG/postgres" -qc "CREATE DATABASE $db" >/dev/null
+
+api_port=$(free_port)
+floor_port=$((api_port + 1))
+export DATABASE_URL=$PG/$db REDIS_URL=redis://127.0.0.1:$redis_port RUST_LOG=warn
+export GROUNDCREW_QUEUE_PREFIX=bench GROUNDCREW_HTTP_ADDR=127.0.0.1:$api_port
+export GROUNDCREW_JWT_SECRET=bench-secret-$RANDOM$RANDOM
+export GROUNDCREW_SPORTS_WEBHOOK_SECRET=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
+export GROUNDCREW_RATE_LIMIT_PER_MINUTE=1000000000 GROUNDCREW_RATE_LIMIT_IP_PER_MINUTE=1000000000
+export GROUNDCREW_RATE_LIMIT_PAID_PER_MINUTE=1000000000
+"$REL/api" serve >"$WORK/api.log" 2>&1 &
+pids+=($!)
+"$REL/examples/bench_floor" "127.0.0.1:$floor_port" >"$WORK/floor.log" 2>&1 &
+pids+=($!)
+until curl -sf "http://127.0.0.1:$api_port/healthz" >/dev/null &&
+  curl -sf "http://127.0.0.1:$floor_port/" >/dev/null; do sleep 0.2; done
+
+API=http://127.0.0.1:$api_port
+FLOOR=http://127.0.0.1:$floor_port
+mkdir -p "$(dirname "$OUT")"
+echo "# $(date -u +%FT%TZ) nproc $(nproc) connections $CONNECTIONS duration ${DURATION}s users $USERS" >>"$OUT"
+
+requests() { python3 bench/http/requests.py "$@"; }
+# One wrk run of DURATION seconds; prints and records its JSON line tagged with the target.
+measure() { # target url file
+  local load
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/http/replay.lua "$2" -- "$3" 2 |
+    grep '^{' | sed "s/^{/{\"target\":\"$1\",\"load\":$load,/" | tee -a "$OUT"
+}
+sql() { psql "$DATABASE_URL" -tAc "$1"; }
+wait_for() { # description, shell test; polls for up to 300 s
+  local deadline=$((SECONDS + 300))
+  until eval "$2"; do
+    [ "$SECONDS" -lt "$deadline" ] || { echo "timed out waiting for $1" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
+requests users "$USERS" "$GROUNDCREW_JWT_SECRET" >"$WORK/users.tsv"
+for kind in me posts feed; do requests "$kind" "$WORK/users.tsv" >"$WORK/$kind.tsv"; done
+requests get / >"$WORK/hello.tsv"
+requests get /healthz >"$WORK/healthz.tsv"
+# Every user exists before the profile updates and posts are timed.
+wrk -t2 -c"$CONNECTIONS" -d3s -s bench/http/replay.lua "$API" -- "$WORK/me.tsv" 2 >/dev/null
+[ "$(sql 'SELECT count(*) FROM users')" = "$USERS" ] || { echo "users were not all created" >&2; exit 1; }
+
+for round in $(seq "$ROUNDS"); do
+  echo "## phase 1, round $round of $ROUNDS" >&2
+  measure floor_hello "$FLOOR" "$WORK/hello.tsv"
+  measure healthz "$API" "$WORK/healthz.tsv"
+  measure put_me "$API" "$WORK/me.tsv"
+  measure post_posts "$API" "$WORK/posts.tsv"
+done
+
+"$REL/workers" --queues feed,verification --metrics-addr "127.0.0.1:$(free_port)" >"$WORK/workers.log" 2>&1 &
+pids+=($!)
+wait_for "the fan-out backlog" '[ "$(redis-cli -p "$redis_port" llen "{bench:feed}:pending")" = 0 ]'
+echo "# posts: $(sql 'SELECT count(*) FROM posts')" | tee -a "$OUT"
+
+for round in $(seq "$ROUNDS"); do
+  echo "## phase 2, round $round of $ROUNDS" >&2
+  measure get_feed "$API" "$WORK/feed.tsv"
+  # Enough unique deliveries for 10k req/s; signed now, inside the 5-minute tolerance.
+  requests sports $((DURATION * 10000)) "$GROUNDCREW_SPORTS_WEBHOOK_SECRET" >"$WORK/sports.tsv"
+  measure sports_webhook "$API" "$WORK/sports.tsv"
+  requests verify $((DURATION * 10000)) "$GROUNDCREW_SPORTS_WEBHOOK_SECRET" >"$WORK/verify.tsv"
+  measure floor_verify "$FLOOR" "$WORK/verify.tsv"
+done
+started=$SECONDS
+wait_for "the webhook inbox" '[ "$(sql "SELECT count(*) FROM webhook_inbox WHERE processed_at IS NULL")" = 0 ]'
+echo "{\"target\":\"inbox_drain\",\"secs_after_last_run\":$((SECONDS - started)),\"events\":$(sql 'SELECT count(*) FROM webhook_inbox')}" | tee -a "$OUT"
+
+python3 bench/http/summarize.py "$OUT"

@@ -8,6 +8,7 @@ mod helpers;
 #[allow(dead_code)]
 mod social;
 
+use futures::StreamExt;
 use std::{sync::Arc, time::Duration};
 
 use groundcrew_jobs::{Queue, worker::PoolSpec};
@@ -181,29 +182,38 @@ async fn an_upload_is_accepted_processed_and_private_until_a_post_attaches_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_uploads_get_413_and_wrong_types_415_with_nothing_stored() {
+    const LIMIT: usize = 200_000;
     let mut env = TestEnv::new().await;
     let mut media = (*env.services.media).clone();
-    media.limits.max_image_bytes = 200_000;
+    media.limits.max_image_bytes = LIMIT as u64;
     env.services.media = Arc::new(media);
     let app = TestApp::start_with(env, |_| {}).await;
     let user = signed_up(&app, "uploader", None).await;
     let dir = app.env.data_dir.path().to_owned();
     let photo = test_media::phone_photo(&dir, true);
-    assert!(photo.len() > 200_000);
+    assert!(photo.len() > LIMIT + 1);
 
+    // The client sends `sent` bytes of the photo and then stalls, so the answer can only come
+    // from what the server has read so far (and the server closing early cannot race a write).
+    let stalled = |sent: usize, declared: Option<usize>| {
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = photo[..sent]
+            .chunks(32 * 1024)
+            .map(|c| Ok(c.to_vec()))
+            .collect();
+        let body = futures::stream::iter(chunks).chain(futures::stream::pending());
+        let mut request = app
+            .request(Method::POST, "/v1/media", Some(&user.token))
+            .header("content-type", "image/jpeg");
+        if let Some(length) = declared {
+            request = request.header("content-length", length);
+        }
+        request.body(reqwest::Body::wrap_stream(body)).send()
+    };
     // By Content-Length, before the body is read.
-    let declared = upload(&app, &user, "image/jpeg", photo.clone()).await;
+    let declared = stalled(16 * 1024, Some(photo.len())).await.unwrap();
     expect_error(declared, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    // Streamed without a length: cut off at the limit.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        photo.chunks(32 * 1024).map(|c| Ok(c.to_vec())).collect();
-    let streamed = app
-        .request(Method::POST, "/v1/media", Some(&user.token))
-        .header("content-type", "image/jpeg")
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    // Streamed without a length: cut off at the limit (one byte past it is enough).
+    let streamed = stalled(LIMIT + 1, None).await.unwrap();
     expect_error(streamed, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
 
     let text = upload(

@@ -22,13 +22,7 @@ use groundcrew_testkit::{
 use uuid::Uuid;
 
 async fn user(env: &TestEnv, with_account: bool) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[16..]))
-        .execute(&env.services.db)
-        .await
-        .expect("user");
+    let id = env.user().await;
     if with_account {
         let mut tx = env.services.begin().await.expect("begin");
         store::set_payout_account(&mut tx, id, &format!("acct_{}", id.simple()))

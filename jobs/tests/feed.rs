@@ -28,21 +28,10 @@ fn feed_workers(env: &TestEnv) -> InProcess {
     }])
 }
 
-async fn user(env: &TestEnv) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[20..]))
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-    id
-}
-
 async fn users(env: &TestEnv, n: usize) -> Vec<Uuid> {
     let mut all = Vec::with_capacity(n);
     for _ in 0..n {
-        all.push(user(env).await);
+        all.push(env.user().await);
     }
     all
 }
@@ -137,7 +126,7 @@ async fn stored(env: &TestEnv, reader: Uuid) -> Vec<Uuid> {
 async fn post_reaches_author_and_followers_and_delete_retracts_it() {
     let env = TestEnv::new().await;
     let workers = feed_workers(&env);
-    let author = user(&env).await;
+    let author = env.user().await;
     let followers = users(&env, 3).await;
     for f in &followers {
         follow(&env, *f, author).await;
@@ -230,8 +219,8 @@ async fn celebrity_posts_are_merged_at_read_in_order_across_pages() {
     })
     .await;
     let workers = feed_workers(&env);
-    let celebrity = user(&env).await;
-    let friend = user(&env).await;
+    let celebrity = env.user().await;
+    let friend = env.user().await;
     let fans = users(&env, 6).await;
     for (i, fan) in fans.iter().enumerate() {
         follow(&env, *fan, celebrity).await;
@@ -328,7 +317,7 @@ async fn concurrent_posts_by_many_authors_are_neither_lost_nor_duplicated() {
         ..FeedSettings::default()
     })
     .await;
-    let reader = user(&env).await;
+    let reader = env.user().await;
     let authors = users(&env, AUTHORS).await;
     for a in &authors {
         follow(&env, reader, *a).await;

@@ -52,17 +52,6 @@ async fn env_on(backend: &Backend, tweak: impl FnOnce(&mut MediaSettings)) -> (T
     (env, workers)
 }
 
-async fn user(env: &TestEnv) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[20..]))
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-    id
-}
-
 async fn upload(
     env: &TestEnv,
     owner: Uuid,
@@ -127,7 +116,7 @@ fn is_blue(p: Rgb<u8>) -> bool {
 
 async fn phone_photo_becomes_three_upright_renditions(backend: Backend) {
     let (env, _workers) = env_on(&backend, |_| {}).await;
-    let owner = user(&env).await;
+    let owner = env.user().await;
     let photo = test_media::phone_photo(env.data_dir.path(), false);
     assert!(photo.windows(6).any(|w| w == b"Exif\0\0"));
     let id = upload(&env, owner, MediaType::Jpeg, &photo).await.unwrap();
@@ -204,7 +193,7 @@ async fn s3_a_12_megapixel_phone_photo_becomes_three_upright_renditions_without_
 
 async fn a_10_second_1080p_video_becomes_v360_v720_and_a_poster(backend: Backend) {
     let (env, _workers) = env_on(&backend, |_| {}).await;
-    let owner = user(&env).await;
+    let owner = env.user().await;
     let video = test_media::video_mp4(env.data_dir.path(), 10, 1920, 1080, true);
     let id = upload(&env, owner, MediaType::Mp4, &video).await.unwrap();
 
@@ -287,7 +276,7 @@ async fn bad_inputs_fail_with_their_code(backend: Backend) {
         m.limits.max_video_duration = Duration::from_secs(3);
     })
     .await;
-    let owner = user(&env).await;
+    let owner = env.user().await;
     let dir = env.data_dir.path();
     let good = test_media::small_jpeg(dir, 800, 600);
 
@@ -358,7 +347,7 @@ async fn uploads_over_the_limit_or_of_the_wrong_type_are_refused_and_not_stored(
         m.limits.max_image_bytes = 100_000;
     })
     .await;
-    let owner = user(&env).await;
+    let owner = env.user().await;
     let dir = env.data_dir.path();
     let photo = test_media::phone_photo(dir, true);
     assert!(photo.len() > 100_000);
@@ -421,8 +410,8 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn posts_attach_only_their_authors_media_and_a_day_old_unattached_upload_is_swept() {
     let (env, _workers) = env_on(&Backend::Local, |_| {}).await;
-    let owner = user(&env).await;
-    let stranger = user(&env).await;
+    let owner = env.user().await;
+    let stranger = env.user().await;
     let jpeg = test_media::small_jpeg(env.data_dir.path(), 640, 480);
     let attached = upload(&env, owner, MediaType::Jpeg, &jpeg).await.unwrap();
     let forgotten = upload(&env, owner, MediaType::Jpeg, &jpeg).await.unwrap();

@@ -51,16 +51,7 @@ async fn env_with(settings: NotifySettings) -> (TestEnv, InProcess) {
 }
 
 async fn user(env: &TestEnv, email: Option<&str>, timezone: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle, email, timezone) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[20..]))
-        .bind(email)
-        .bind(timezone)
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-    id
+    env.user_with(email, timezone).await
 }
 
 async fn device(env: &TestEnv, user_id: Uuid, token: &str, platform: &str) {
@@ -450,7 +441,11 @@ async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_su
     );
     let mail = &mails[0];
     assert_eq!(mail.rcpt_to, vec!["alice@example.test".to_owned()]);
-    let handle = format!("u{}", &alice.simple().to_string()[20..]);
+    let handle: String = sqlx::query_scalar("SELECT handle FROM users WHERE id = $1")
+        .bind(alice)
+        .fetch_one(&env.services.db)
+        .await
+        .unwrap();
     assert_eq!(
         mail.header("Subject").as_deref(),
         Some(format!("Welcome, @{handle}").as_str())

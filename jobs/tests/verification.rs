@@ -47,16 +47,8 @@ fn with_persona(persona: &FakePersona) -> VerificationSettings {
 }
 
 async fn user(env: &TestEnv, timezone: &str) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle, email, timezone) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[20..]))
-        .bind(format!("{id}@example.test"))
-        .bind(timezone)
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-    id
+    let email = format!("{}@example.test", Uuid::now_v7());
+    env.user_with(Some(&email), timezone).await
 }
 
 async fn start(env: &TestEnv, user: Uuid, provider: ProviderKind, kind: Kind) -> Uuid {

@@ -140,6 +140,25 @@ impl TestEnv {
         ));
         InProcess { stop, handle }
     }
+
+    /// A user row with a unique handle, no email, in UTC: someone to own posts, picks, deals.
+    pub async fn user(&self) -> uuid::Uuid {
+        self.user_with(None, "UTC").await
+    }
+
+    /// A user row with a unique handle, the given email address and IANA time zone.
+    pub async fn user_with(&self, email: Option<&str>, timezone: &str) -> uuid::Uuid {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query("INSERT INTO users (id, handle, email, timezone) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(format!("u{}", &id.simple().to_string()[16..]))
+            .bind(email)
+            .bind(timezone)
+            .execute(&self.services.db)
+            .await
+            .expect("insert user");
+        id
+    }
 }
 
 impl Drop for TestEnv {

@@ -6,7 +6,7 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{Workers, stripe_env, user};
+use common::{Workers, stripe_env};
 
 use groundcrew_jobs::escrow::{
     EscrowSettings, Role, State,
@@ -32,7 +32,7 @@ async fn a_worker_killed_between_transfer_and_record_causes_one_transfer() {
         stripe_webhook_secret: None,
     });
     let settings = env.services.escrow.clone();
-    let (sponsor, influencer) = (user(&env).await, user(&env).await);
+    let (sponsor, influencer) = (env.user().await, env.user().await);
     let mut tx = env.services.begin().await.expect("begin");
     store::set_payout_account(&mut tx, influencer, "acct_influencer")
         .await

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Workers, stripe_env, user};
+use common::{Workers, stripe_env};
 use groundcrew_jobs::{
     escrow::{
         EscrowSettings, Role, State,
@@ -160,7 +160,7 @@ impl Parties {
 
 /// A user with a payout account, so legs to them are paid at once.
 async fn payee(env: &TestEnv) -> Uuid {
-    let id = user(env).await;
+    let id = env.user().await;
     let mut tx = env.services.begin().await.expect("begin");
     store::set_payout_account(&mut tx, id, &format!("acct_{}", id.simple()))
         .await
@@ -170,9 +170,9 @@ async fn payee(env: &TestEnv) -> Uuid {
 }
 
 async fn parties(env: &TestEnv, deal: &Deal) -> Parties {
-    let sponsor = user(env).await;
+    let sponsor = env.user().await;
     let influencer = payee(env).await;
-    let admin = user(env).await;
+    let admin = env.user().await;
     let referred_by = |referred: bool, who: Uuid| async move {
         if !referred {
             return None;

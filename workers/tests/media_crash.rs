@@ -12,7 +12,6 @@ use common::{NO_ENV, Workers};
 
 use groundcrew_jobs::media::MediaType;
 use groundcrew_testkit::{TestEnv, eventually, media as test_media};
-use uuid::Uuid;
 
 /// The scratch directories under `dir` (one per transcode in progress).
 fn scratch_dirs(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -42,12 +41,7 @@ async fn kill_9_mid_transcode_then_the_rerun_cleans_up_and_ends_ready() {
     })
     .await;
     let db = &env.services.db;
-    let owner = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, 'crash')")
-        .bind(owner)
-        .execute(db)
-        .await
-        .unwrap();
+    let owner = env.user().await;
     let video = test_media::video_mp4(env.data_dir.path(), 20, 1920, 1080, true);
     let id = test_media::upload(&env.services, owner, MediaType::Mp4, &video)
         .await

@@ -57,14 +57,7 @@ impl Market {
     }
 
     pub async fn user(&self) -> Uuid {
-        let id = Uuid::now_v7();
-        sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-            .bind(id)
-            .bind(format!("u{}", &id.simple().to_string()[16..]))
-            .execute(&self.env.services.db)
-            .await
-            .expect("insert user");
-        id
+        self.env.user().await
     }
 
     pub async fn payout_account(&self, user: Uuid) {

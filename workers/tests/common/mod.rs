@@ -17,7 +17,6 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use uuid::Uuid;
 
 /// For tests whose workers need no settings beyond the test's stores.
 pub const NO_ENV: [(&str, &str); 0] = [];
@@ -28,18 +27,6 @@ pub fn stripe_env(stripe: &FakeStripe) -> [(&'static str, String); 2] {
         ("GROUNDCREW_STRIPE_API_BASE", stripe.base_url()),
         ("GROUNDCREW_STRIPE_SECRET_KEY", SECRET_KEY.to_owned()),
     ]
-}
-
-/// A user row with a unique handle.
-pub async fn user(env: &TestEnv) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, $2)")
-        .bind(id)
-        .bind(format!("u{}", &id.simple().to_string()[16..]))
-        .execute(&env.services.db)
-        .await
-        .expect("user");
-    id
 }
 
 /// A running `workers` process; killed (SIGKILL) and reaped when dropped.

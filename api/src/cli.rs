@@ -109,8 +109,7 @@ async fn dev() -> anyhow::Result<()> {
     }
     let settings = CoreSettings::from_env()?;
     db::create_if_missing(&settings.database_url).await?;
-    let services = Services::new(settings, 40)?;
-    db::migrate(&services.db).await?;
+    let services = process::start(40).await?;
     let pools = worker::parse_pools("", "").map_err(anyhow::Error::msg)?;
     let schedules = schedule::load()?;
     let stop = process::stop_on_signal();

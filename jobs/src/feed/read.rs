@@ -142,13 +142,22 @@ async fn rebuild(
     reader: Uuid,
 ) -> Result<Vec<Entry>, ReadError> {
     store.begin_rebuild(reader).await?;
+    // Newest first per author (each an index range of `posts_by_author`), then merged: the
+    // same rows as one `author_id = $1 OR author_id IN (…)` filter, whose generic plan read
+    // every live post in the table (5 ms at 14k posts, growing with the table).
     let rows: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT p.id, p.created_at FROM posts p
-         WHERE p.deleted_at IS NULL
-           AND (p.author_id = $1
-                OR (p.delivery IS DISTINCT FROM 'merge'
-                    AND p.author_id IN (SELECT followee_id FROM follows WHERE follower_id = $1)))
-         ORDER BY p.created_at DESC, p.id DESC LIMIT $2",
+        "(SELECT p.id, p.created_at FROM posts p
+          WHERE p.author_id = $1 AND p.deleted_at IS NULL
+          ORDER BY p.created_at DESC, p.id DESC LIMIT $2)
+         UNION ALL
+         (SELECT p.id, p.created_at FROM follows f
+          CROSS JOIN LATERAL (
+              SELECT p.id, p.created_at FROM posts p
+              WHERE p.author_id = f.followee_id AND p.deleted_at IS NULL
+                AND p.delivery IS DISTINCT FROM 'merge'
+              ORDER BY p.created_at DESC, p.id DESC LIMIT $2) p
+          WHERE f.follower_id = $1)
+         ORDER BY created_at DESC, id DESC LIMIT $2",
     )
     .bind(reader)
     .bind(services.feed.capacity as i64)

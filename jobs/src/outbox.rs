@@ -154,6 +154,66 @@ impl JobTx {
     }
 }
 
+/// The parameters `write_then_enqueue` hands its caller's statement.
+pub type WriteQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs one data-modifying statement of the caller's and, when it wrote a row, enqueues `job`
+/// in the same autocommitted statement: one round trip to Postgres instead of four (BEGIN, the
+/// write, the outbox insert, COMMIT). For ingest paths, where those round trips were most of
+/// Postgres's work per request; anything that needs more than one write uses [`JobTx`].
+///
+/// `write` is an `INSERT … RETURNING …` (any statement that returns the rows it wrote) whose
+/// parameters are `$1`…`$params`, bound in that order by `bind`. Returns the job's id, or
+/// `None` when `write` wrote nothing (an `ON CONFLICT DO NOTHING` duplicate) and no job exists.
+pub async fn write_then_enqueue<J: Job>(
+    services: &Services,
+    write: &str,
+    params: usize,
+    bind: impl for<'q> FnOnce(WriteQuery<'q>) -> WriteQuery<'q>,
+    job: &J,
+    request_id: Option<String>,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let job = Envelope::of(job);
+    let meta = JobMeta { request_id };
+    let at = |n: usize| params + n;
+    let sql = format!(
+        "WITH written AS ({write})
+         INSERT INTO job_outbox (id, queue, kind, args, max_attempts, meta)
+         SELECT ${}, ${}, ${}, ${}, ${}, ${} WHERE EXISTS (SELECT 1 FROM written)
+         RETURNING id",
+        at(1),
+        at(2),
+        at(3),
+        at(4),
+        at(5),
+        at(6)
+    );
+    let id = Uuid::now_v7();
+    let written: Option<Uuid> = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .bind(id)
+        .bind(job.queue.name())
+        .bind(job.kind)
+        .bind(&job.args)
+        .bind(job.max_attempts as i32)
+        .bind(serde_json::to_value(&meta).expect("meta serializes"))
+        .fetch_optional(&services.db)
+        .await?
+        .map(|row| row.get("id"));
+    if written.is_some() {
+        let outgoing = Outgoing {
+            id,
+            queue: job.queue,
+            kind: job.kind.to_owned(),
+            args: job.args.to_string(),
+            max_attempts: job.max_attempts,
+            run_at_ms: None,
+            meta,
+        };
+        dispatch(&services.outbox, &services.broker, &[outgoing]).await;
+    }
+    Ok(written)
+}
+
 async fn dispatch(cleaner: &OutboxCleaner, broker: &Broker, jobs: &[Outgoing]) {
     if let Err(e) = broker.push(jobs).await {
         tracing::warn!(error = %e, jobs = jobs.len(), "Redis push failed; the outbox relay will retry");

@@ -8,9 +8,10 @@ use groundcrew_jobs::{
     JobTx, Queue, RunAt,
     broker::{Outcome, Settlement},
     maintenance::{Canary, CanaryFailure, Noop},
+    outbox::write_then_enqueue,
     worker::PoolSpec,
 };
-use groundcrew_testkit::{TestEnv, eventually};
+use groundcrew_testkit::{InProcess, TestEnv, eventually};
 use uuid::Uuid;
 
 fn maintenance(concurrency: usize) -> Vec<PoolSpec> {
@@ -40,15 +41,29 @@ async fn outbox_drained(env: &TestEnv) {
     eventually(
         Duration::from_secs(5),
         "dispatched rows to leave the outbox",
-        || async {
-            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
-                .fetch_one(&env.services.db)
-                .await
-                .unwrap();
-            (outbox == 0).then_some(())
-        },
+        || async { (outbox_rows(env).await == 0).then_some(()) },
     )
     .await;
+}
+
+async fn outbox_rows(env: &TestEnv) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM job_outbox")
+        .fetch_one(&env.services.db)
+        .await
+        .unwrap()
+}
+
+/// Brings the test's Redis back with a relay and a maintenance pool, and waits for the one
+/// job the test enqueued while Redis was down to have its effect.
+async fn redis_back_and_the_job_ran(env: &mut TestEnv) -> (InProcess, InProcess) {
+    env.private_redis.as_mut().unwrap().restart();
+    let relay = env.spawn_relay();
+    let workers = env.spawn_workers(maintenance(2));
+    eventually(Duration::from_secs(15), "the job to run", || async {
+        (effects(env).await == 1).then_some(())
+    })
+    .await;
+    (relay, workers)
 }
 
 async fn enqueue(env: &TestEnv, job: &Canary, at: RunAt) -> Uuid {
@@ -96,24 +111,53 @@ async fn job_committed_while_redis_is_down_runs_once_when_it_is_back() {
     env.private_redis.as_mut().unwrap().stop();
 
     let id = enqueue(&env, &Canary::default(), RunAt::Now).await;
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM job_outbox")
-        .fetch_one(&env.services.db)
-        .await
-        .unwrap();
-    assert_eq!(outbox, 1, "the job waits in the outbox");
+    assert_eq!(outbox_rows(&env).await, 1, "the job waits in the outbox");
 
-    env.private_redis.as_mut().unwrap().restart();
-    let relay = env.spawn_relay();
-    let workers = env.spawn_workers(maintenance(2));
-    eventually(Duration::from_secs(15), "the job to run", || async {
-        (effects(&env).await == 1).then_some(())
-    })
-    .await;
+    let (relay, workers) = redis_back_and_the_job_ran(&mut env).await;
     // A second relay pass and more time must not run it again.
     groundcrew_jobs::outbox::relay_once(&env.services.db, &env.services.broker)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(attempts_of(&env, id).await.len(), 1);
+    workers.shutdown().await;
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_statement_writes_a_row_and_its_job_and_a_duplicate_enqueues_nothing() {
+    let mut env = TestEnv::with_private_redis(|_| {}).await;
+    let db = &env.services.db;
+    sqlx::query("CREATE TABLE probe_inbox (key text PRIMARY KEY)")
+        .execute(db)
+        .await
+        .unwrap();
+    env.private_redis.as_mut().unwrap().stop();
+    let canary = Canary::default();
+    let write = |key: Option<&'static str>| {
+        write_then_enqueue(
+            &env.services,
+            "INSERT INTO probe_inbox (key) VALUES ($1) ON CONFLICT DO NOTHING RETURNING key",
+            1,
+            move |query| query.bind(key),
+            &canary,
+            None,
+        )
+    };
+
+    let id = write(Some("evt_1"))
+        .await
+        .unwrap()
+        .expect("the first write enqueues");
+    assert_eq!(write(Some("evt_1")).await.unwrap(), None, "a duplicate");
+    assert!(write(None).await.is_err(), "a failed write (NULL key)");
+    assert_eq!(
+        outbox_rows(&env).await,
+        1,
+        "one job, waiting while Redis is down"
+    );
+
+    let (relay, workers) = redis_back_and_the_job_ran(&mut env).await;
     assert_eq!(attempts_of(&env, id).await.len(), 1);
     workers.shutdown().await;
     relay.shutdown().await;

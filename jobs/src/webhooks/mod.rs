@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     Services,
     job::{Job, JobContext, JobError},
-    outbox::JobTx,
+    outbox::{self, JobTx},
     queue::Queue,
 };
 
@@ -89,33 +89,37 @@ pub enum Received {
     Duplicate,
 }
 
-/// Stores the event once and enqueues its processing in the same transaction.
+/// Stores the event once and enqueues its processing in the same statement.
 pub async fn receive(
     services: &Services,
     incoming: Incoming,
     request_id: Option<String>,
 ) -> Result<Received, sqlx::Error> {
-    let mut tx = JobTx::begin(services).await?.with_request_id(request_id);
-    let id: Option<Uuid> = sqlx::query_scalar(
+    let inbox_id = Uuid::now_v7();
+    let queued = outbox::write_then_enqueue(
+        services,
         "INSERT INTO webhook_inbox (id, provider, event_id, event_type, body)
          VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (provider, event_id) DO NOTHING
          RETURNING id",
+        5,
+        |query| {
+            query
+                .bind(inbox_id)
+                .bind(incoming.provider.as_str())
+                .bind(&incoming.event_id)
+                .bind(&incoming.event_type)
+                .bind(&incoming.body)
+        },
+        &ProcessEvent { inbox_id },
+        request_id,
     )
-    .bind(Uuid::now_v7())
-    .bind(incoming.provider.as_str())
-    .bind(&incoming.event_id)
-    .bind(&incoming.event_type)
-    .bind(&incoming.body)
-    .fetch_optional(tx.conn())
     .await?;
-    let Some(id) = id else {
+    if queued.is_none() {
         return Ok(Received::Duplicate);
-    };
-    tx.enqueue(&ProcessEvent { inbox_id: id }).await?;
-    tx.commit().await?;
+    }
     metrics::counter!("groundcrew_webhooks_received_total", "provider" => incoming.provider.as_str()).increment(1);
-    Ok(Received::Queued(id))
+    Ok(Received::Queued(inbox_id))
 }
 
 /// A stored event, as the family handlers see it.

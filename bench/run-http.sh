@@ -10,6 +10,10 @@
 #
 #   bench/run-http.sh                        # 3 rounds of 10 s per target, 64 connections
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 bench/run-http.sh
+#   ONLY="put_me post_posts" ROUNDS=1 bench/run-http.sh   # only these targets
+#   KEEP_DB=1 bench/run-http.sh              # leave the database gc_bench_http_<pid> behind
+#   PERF_DIR=/tmp/prof bench/run-http.sh     # a system-wide `perf record` of each wrk run:
+#                                            # perf report -i /tmp/prof/put_me.data --sort comm,dso
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +41,7 @@ db=gc_bench_http_$$
 cleanup() {
   kill "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
-  psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
+  [ -n "${KEEP_DB:-}" ] || psql "$PG/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -60,15 +64,17 @@ until curl -sf "http://127.0.0.1:$api_port/healthz" >/dev/null &&
 
 API=http://127.0.0.1:$api_port
 FLOOR=http://127.0.0.1:$floor_port
-mkdir -p "$(dirname "$OUT")"
+mkdir -p "$(dirname "$OUT")" ${PERF_DIR:+"$PERF_DIR"}
 echo "# $(date -u +%FT%TZ) nproc $(nproc) connections $CONNECTIONS duration ${DURATION}s users $USERS" >>"$OUT"
 
 requests() { python3 bench/http/requests.py "$@"; }
 # One wrk run of DURATION seconds; prints and records its JSON line tagged with the target.
 measure() { # target url file
-  local load
+  case " ${ONLY:-$1} " in *" $1 "*) ;; *) return 0 ;; esac
+  local load perf=()
   load=$(cut -d' ' -f1 /proc/loadavg)
-  wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/http/replay.lua "$2" -- "$3" 2 |
+  [ -z "${PERF_DIR:-}" ] || perf=(perf record -a -q -F 999 -e cpu-clock -o "$PERF_DIR/$1.data" --)
+  "${perf[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/http/replay.lua "$2" -- "$3" 2 |
     grep '^{' | sed "s/^{/{\"target\":\"$1\",\"load\":$load,/" | tee -a "$OUT"
 }
 sql() { psql "$DATABASE_URL" -tAc "$1"; }

@@ -390,6 +390,83 @@ async fn quiet_hours_defer_push_to_the_end_of_the_window_and_category_off_skips(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_send_applies_each_users_rules_and_its_retry_repeats_nothing_sent() {
+    let apns = FakeApns::start().await;
+    let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
+    let awake = user(&env, None, "UTC").await;
+    let night_owl = user(&env, None, "America/New_York").await;
+    let gone = user(&env, None, "UTC").await;
+    let flaky = user(&env, None, "UTC").await;
+    for (owner, token) in [
+        (awake, "bulk-awake"),
+        (night_owl, "bulk-quiet"),
+        (gone, "bulk-gone"),
+        (flaky, "bulk-flaky"),
+    ] {
+        device(&env, owner, token, "apns").await;
+    }
+    sqlx::query(
+        "INSERT INTO notification_preferences (user_id, quiet_start, quiet_end)
+         VALUES ($1, $2::time, $3::time)",
+    )
+    .bind(night_owl)
+    .bind(new_york_hh_mm(-60))
+    .bind(new_york_hh_mm(90))
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+    let error = |status, reason| ApnsReply::Error {
+        status,
+        reason,
+        retry_after: None,
+    };
+    apns.script("bulk-gone", vec![error(410, "Unregistered")]);
+    apns.script("bulk-flaky", vec![error(503, "ServiceUnavailable")]);
+
+    // Several notifications in one call: one `notify.deliver_batch` job.
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let ids = notify_many(
+        &mut tx,
+        [awake, night_owl, gone, flaky]
+            .into_iter()
+            .map(|u| Notification::new(u, Category::Picks, "Pick settled", "You won"))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    let status = |i: usize| {
+        let env = &env;
+        let id = ids[i];
+        async move { deliveries(env, id).await.first().map(|row| row.1.clone()) }
+    };
+    eventually(WITHIN, "every delivery of the batch to settle", || async {
+        let all = [
+            status(0).await,
+            status(1).await,
+            status(2).await,
+            status(3).await,
+        ];
+        let expected = ["sent", "deferred", "failed", "sent"].map(|s| Some(s.to_owned()));
+        (all == expected).then_some(())
+    })
+    .await;
+    assert!(!device_enabled(&env, "bulk-gone").await);
+    let to = |token: &str| {
+        apns.requests()
+            .iter()
+            .filter(|r| r.device_token == token)
+            .count()
+    };
+    assert_eq!(to("bulk-awake"), 1, "the batch's retry did not repeat it");
+    assert_eq!(to("bulk-flaky"), 2, "503, then sent by the retry");
+    assert_eq!(to("bulk-quiet"), 0, "nothing rings during quiet hours");
+    let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+    assert_eq!(depth.scheduled, 1, "one wake-up, for the night owl only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_suppressed() {
     let smtp = SmtpServer::start();
     let (env, _workers) = env_with(settings(None, None, Some(&smtp))).await;

@@ -1,8 +1,10 @@
-//! `notify.deliver`: one notification to every target it has (each enabled device, the
-//! user's email address). Three statements per run: read the notification with the user's
-//! preferences and devices; plan the delivery rows (inserted once, `ON CONFLICT DO NOTHING`)
-//! and read back those still to send; record every send's outcome. A re-run (retry, crash)
-//! sends only what is still `pending`, or `deferred` and due, with the same send id.
+//! `notify.deliver` (one notification) and `notify.deliver_batch` (up to [`BATCH`], what
+//! `notify_many` enqueues for bulk sends): each notification to every target it has (each
+//! enabled device, the user's email address). Three statements per run, whatever the batch
+//! size: read the notifications with their users' preferences and devices; plan the delivery
+//! rows (inserted once, `ON CONFLICT DO NOTHING`) and read back those still to send; record
+//! every send's outcome. A re-run (retry, crash) sends only what is still `pending`, or
+//! `deferred` and due, with the same send id.
 //!
 //! Outcomes: category off → `skipped`; no credentials for a provider → `skipped` ("provider
 //! not configured"); suppressed address → `skipped`; push during quiet hours → `deferred` and
@@ -10,10 +12,14 @@
 //! ring). Invalid token → device disabled, delivery `failed`. 429/5xx/network → the job
 //! retries no sooner than the provider asked, and the last attempt marks the rows `failed`.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc};
-use futures::future::join_all;
+use futures::{
+    StreamExt,
+    future::join_all,
+    stream::{self},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -50,16 +56,41 @@ impl Job for Deliver {
     };
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        deliver(&ctx, self.notification_id).await
+        deliver(&ctx, &[self.notification_id]).await
+    }
+}
+
+/// Notifications per `notify.deliver_batch`: Postgres work per notification falls with the
+/// batch (three statements for all of them), while one slow provider answer holds back at
+/// most this many.
+pub const BATCH: usize = 100;
+
+/// Delivers several notifications in one run (bulk sends: settlements, digests, reminders).
+/// A transient failure of any send retries the batch; the re-run sends only what is left.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeliverBatch {
+    pub notification_ids: Vec<Uuid>,
+}
+
+impl Job for DeliverBatch {
+    const KIND: &'static str = "notify.deliver_batch";
+    const QUEUE: Queue = Queue::Notify;
+    const POLICY: Policy = Deliver::POLICY;
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        deliver(&ctx, &self.notification_ids).await
     }
 }
 
 /// Push outlives a deferral or a provider outage by this much before the provider drops it.
 const PUSH_LIFETIME: chrono::Duration = chrono::Duration::days(1);
 const NOT_CONFIGURED: &str = "provider not configured";
+/// Emails one run sends at once: lettre's default SMTP pool size.
+const EMAILS_IN_FLIGHT: usize = 10;
 
 /// A delivery row to insert if it does not exist yet.
 struct Planned {
+    notification_id: Uuid,
     channel: &'static str,
     target: String,
     status: &'static str,
@@ -70,6 +101,7 @@ struct Planned {
 /// A delivery row as the send step sees it.
 struct Row_ {
     id: Uuid,
+    notification_id: Uuid,
     channel: String,
     target: String,
     send_id: String,
@@ -90,12 +122,23 @@ struct Settled {
     retry_after: Option<Option<Duration>>,
 }
 
-async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError> {
+/// What a send needs of its notification.
+struct Message {
+    user_id: Uuid,
+    title: String,
+    body: String,
+    data: Value,
+    created_at: DateTime<Utc>,
+    email: Option<EmailSpec>,
+    handle: Option<String>,
+}
+
+async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobError> {
     let services = &ctx.services;
     let providers = &services.notify;
-    let Some(n) = sqlx::query(
-        "SELECT n.user_id, n.category, n.title, n.body, n.data, n.push, n.email, n.created_at,
-                u.email AS address, u.handle, u.timezone,
+    let found = sqlx::query(
+        "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
+                n.created_at, u.email AS address, u.handle, u.timezone,
                 p.categories, p.quiet_start, p.quiet_end, now() AS now,
                 EXISTS (SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
                     AS suppressed,
@@ -104,17 +147,123 @@ async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError
          FROM notifications n
          LEFT JOIN users u ON u.id = n.user_id
          LEFT JOIN notification_preferences p ON p.user_id = n.user_id
-         WHERE n.id = $1",
+         WHERE n.id = ANY($1)",
     )
-    .bind(notification_id)
-    .fetch_optional(&services.db)
-    .await?
-    else {
-        return Err(JobError::fail(format!(
-            "notification {notification_id} does not exist"
-        )));
+    .bind(notification_ids)
+    .fetch_all(&services.db)
+    .await?;
+    if found.len() < notification_ids.len() {
+        let missing = notification_ids.len() - found.len();
+        if found.is_empty() {
+            return Err(JobError::fail(format!(
+                "notification {} does not exist",
+                notification_ids[0]
+            )));
+        }
+        tracing::warn!(missing, "notifications of the batch no longer exist");
+    }
+    let Some(now) = found.first().map(|n| n.get::<DateTime<Utc>, _>("now")) else {
+        return Ok(());
     };
-    let now: DateTime<Utc> = n.get("now");
+
+    let mut plan = Vec::new();
+    let mut messages = HashMap::new();
+    for n in &found {
+        let notification_id: Uuid = n.get("id");
+        let email = plan_notification(providers, n, now, &mut plan);
+        messages.insert(
+            notification_id,
+            Message {
+                user_id: n.get("user_id"),
+                title: n.get("title"),
+                body: n.get("body"),
+                data: n.get("data"),
+                created_at: n.get("created_at"),
+                email,
+                handle: n.get("handle"),
+            },
+        );
+    }
+    if plan.is_empty() {
+        return Ok(());
+    }
+
+    let rows = record_plan(ctx, &plan).await?;
+    let due = rows.iter().filter(|r| {
+        r.status == "pending"
+            || (r.status == "deferred" && r.deferred_until.is_some_and(|t| t <= now))
+    });
+    // Pushes are streams on one HTTP/2 connection per provider: all at once. Each email needs
+    // an SMTP connection of its own for the whole conversation; more at once than the
+    // transport's pool only opens connections the server may refuse.
+    let (emails, pushes): (Vec<&Row_>, Vec<&Row_>) = due.partition(|r| r.channel == "email");
+    // Futures built up front: a closure inside the stream trips rustc's `Send` check of the
+    // job's future (rust-lang/rust#102211).
+    let pushes: Vec<_> = pushes
+        .into_iter()
+        .map(|r| send(ctx, &messages, r))
+        .collect();
+    let emails: Vec<_> = emails
+        .into_iter()
+        .map(|r| send(ctx, &messages, r))
+        .collect();
+    let (mut settled, emailed) = futures::join!(
+        join_all(pushes),
+        stream::iter(emails)
+            .buffer_unordered(EMAILS_IN_FLIGHT)
+            .collect::<Vec<_>>()
+    );
+    settled.extend(emailed);
+    record_outcomes(ctx, &settled).await
+}
+
+/// One send of one delivery row, and what it came to.
+async fn send(ctx: &JobContext, messages: &HashMap<Uuid, Message>, row: &Row_) -> Settled {
+    let providers = &ctx.services.notify;
+    let n = &messages[&row.notification_id];
+    let message = PushMessage {
+        title: &n.title,
+        body: &n.body,
+        data: &n.data,
+        notification_id: row.notification_id,
+        send_id: &row.send_id,
+        expires_at: (row.deferred_until.unwrap_or(n.created_at) + PUSH_LIFETIME).timestamp(),
+    };
+    let outcome = match row.channel.as_str() {
+        "email" => {
+            let spec = n
+                .email
+                .as_ref()
+                .expect("an email row comes from an email spec");
+            return send_email(ctx, row, spec, n.user_id, n.handle.clone()).await;
+        }
+        _ if row.device_enabled != Some(true) => {
+            PushOutcome::Failed("device disabled or removed".into())
+        }
+        "apns" => match &providers.apns {
+            Some(apns) => {
+                apns.send(&row.target, row.sandbox, row.app_id.as_deref(), &message)
+                    .await
+            }
+            None => return skipped(row.id),
+        },
+        _ => match &providers.fcm {
+            Some(fcm) => fcm.send(&row.target, &message).await,
+            None => return skipped(row.id),
+        },
+    };
+    settle_push(row, outcome)
+}
+
+/// Adds one notification's delivery rows to `plan` (its devices when it pushes, its user's
+/// address when it emails) and returns its email spec.
+fn plan_notification(
+    providers: &super::Providers,
+    n: &sqlx::postgres::PgRow,
+    now: DateTime<Utc>,
+    plan: &mut Vec<Planned>,
+) -> Option<EmailSpec> {
+    let notification_id: Uuid = n.get("id");
     let category: Option<Category> = serde_json::from_value(Value::String(n.get("category"))).ok();
     let allowed = category
         .is_none_or(|c| Categories::from_json(n.get::<Option<Value>, _>("categories")).allows(c));
@@ -126,8 +275,6 @@ async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError
             .deferred_until(now, zone(n.get::<Option<String>, _>("timezone").as_deref())),
         _ => None,
     };
-
-    let mut plan = Vec::new();
     if n.get::<bool, _>("push") {
         for device in n.get::<Vec<String>, _>("devices") {
             let (token, platform) = device.rsplit_once(' ').expect("token and platform");
@@ -136,7 +283,14 @@ async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError
                 _ => providers.fcm.is_some(),
             };
             let channel = if platform == "apns" { "apns" } else { "fcm" };
-            plan.push(decide(channel, token, allowed, configured, quiet_until));
+            plan.push(decide(
+                notification_id,
+                channel,
+                token,
+                allowed,
+                configured,
+                quiet_until,
+            ));
         }
     }
     let email: Option<EmailSpec> = n
@@ -145,6 +299,7 @@ async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError
     let address: Option<String> = n.get("address");
     if email.is_some() {
         let mut row = decide(
+            notification_id,
             "email",
             address.as_deref().unwrap_or(""),
             allowed,
@@ -158,58 +313,11 @@ async fn deliver(ctx: &JobContext, notification_id: Uuid) -> Result<(), JobError
         }
         plan.push(row);
     }
-    if plan.is_empty() {
-        return Ok(());
-    }
-
-    let rows = record_plan(ctx, notification_id, &plan).await?;
-    let title: String = n.get("title");
-    let body: String = n.get("body");
-    let data: Value = n.get("data");
-    let created_at: DateTime<Utc> = n.get("created_at");
-    let user_id: Uuid = n.get("user_id");
-    let due = rows.iter().filter(|r| {
-        r.status == "pending"
-            || (r.status == "deferred" && r.deferred_until.is_some_and(|t| t <= now))
-    });
-    let sends = due.map(|row| async {
-        let message = PushMessage {
-            title: &title,
-            body: &body,
-            data: &data,
-            notification_id,
-            send_id: &row.send_id,
-            expires_at: (row.deferred_until.unwrap_or(created_at) + PUSH_LIFETIME).timestamp(),
-        };
-        let outcome = match row.channel.as_str() {
-            "email" => {
-                let spec = email
-                    .as_ref()
-                    .expect("an email row comes from an email spec");
-                return send_email(ctx, row, spec, user_id, n.get("handle")).await;
-            }
-            _ if row.device_enabled != Some(true) => {
-                PushOutcome::Failed("device disabled or removed".into())
-            }
-            "apns" => match &providers.apns {
-                Some(apns) => {
-                    apns.send(&row.target, row.sandbox, row.app_id.as_deref(), &message)
-                        .await
-                }
-                None => return skipped(row.id),
-            },
-            _ => match &providers.fcm {
-                Some(fcm) => fcm.send(&row.target, &message).await,
-                None => return skipped(row.id),
-            },
-        };
-        settle_push(row, outcome)
-    });
-    let settled = join_all(sends).await;
-    record_outcomes(ctx, &settled).await
+    email
 }
 
 fn decide(
+    notification_id: Uuid,
     channel: &'static str,
     target: &str,
     allowed: bool,
@@ -230,6 +338,7 @@ fn decide(
         ("pending", None, None)
     };
     Planned {
+        notification_id,
         channel,
         target: target.to_owned(),
         status,
@@ -238,50 +347,52 @@ fn decide(
     }
 }
 
-/// Inserts the planned rows that do not exist yet and returns every row of the notification.
-/// New deferred rows enqueue this job again for the end of quiet hours, in the same
-/// transaction, so a crash cannot leave a deferral without its wake-up.
-async fn record_plan(
-    ctx: &JobContext,
-    notification_id: Uuid,
-    plan: &[Planned],
-) -> Result<Vec<Row_>, JobError> {
-    let wake_at = plan.iter().filter_map(|p| p.deferred_until).max();
+/// Inserts the planned rows that do not exist yet and returns every row of the notifications.
+/// A notification with new deferred rows enqueues `notify.deliver` again for the end of its
+/// quiet hours, in the same transaction, so a crash cannot leave a deferral without its wake-up.
+async fn record_plan(ctx: &JobContext, plan: &[Planned]) -> Result<Vec<Row_>, JobError> {
+    let mut notification_ids: Vec<Uuid> = plan.iter().map(|p| p.notification_id).collect();
+    notification_ids.dedup();
     let mut tx = JobTx::begin(&ctx.services).await?;
     let rows = sqlx::query(
         "WITH plan AS (
-             SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                  $7::timestamptz[])
-                 AS p(id, channel, target, status, detail, deferred_until)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::timestamptz[])
+                 AS p(id, notification_id, channel, target, status, detail, deferred_until)
          ), inserted AS (
              INSERT INTO notification_deliveries
                  (id, notification_id, channel, target, send_id, status, detail, deferred_until)
-             SELECT id, $1, channel, target, $8, status, detail, deferred_until FROM plan
+             SELECT id, notification_id, channel, target, notification_id::text, status, detail,
+                    deferred_until
+             FROM plan
              ON CONFLICT (notification_id, channel, target) DO NOTHING
-             RETURNING id, channel, target, send_id, status, deferred_until, true AS inserted
+             RETURNING id, notification_id, channel, target, send_id, status, deferred_until,
+                       true AS inserted
          ), known AS (
              -- The statement's snapshot does not see the rows inserted above: no overlap.
-             SELECT id, channel, target, send_id, status, deferred_until, false AS inserted
-             FROM notification_deliveries WHERE notification_id = $1
+             SELECT id, notification_id, channel, target, send_id, status, deferred_until,
+                    false AS inserted
+             FROM notification_deliveries WHERE notification_id = ANY($8)
          )
          SELECT r.*, d.app_id, d.environment = 'sandbox' AS sandbox, d.enabled AS device_enabled
          FROM (SELECT * FROM inserted UNION ALL SELECT * FROM known) r
          LEFT JOIN devices d ON r.channel <> 'email' AND d.token = r.target",
     )
-    .bind(notification_id)
     .bind(plan.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(plan.iter().map(|p| p.notification_id).collect::<Vec<_>>())
     .bind(plan.iter().map(|p| p.channel).collect::<Vec<_>>())
     .bind(plan.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
     .bind(plan.iter().map(|p| p.status).collect::<Vec<_>>())
     .bind(plan.iter().map(|p| p.detail.as_deref()).collect::<Vec<_>>())
     .bind(plan.iter().map(|p| p.deferred_until).collect::<Vec<_>>())
-    .bind(notification_id.to_string())
+    .bind(&notification_ids)
     .fetch_all(tx.conn())
     .await?;
     let rows: Vec<Row_> = rows
         .iter()
         .map(|r| Row_ {
             id: r.get("id"),
+            notification_id: r.get("notification_id"),
             channel: r.get("channel"),
             target: r.get("target"),
             send_id: r.get("send_id"),
@@ -293,11 +404,16 @@ async fn record_plan(
             device_enabled: r.get("device_enabled"),
         })
         .collect();
-    if let Some(at) = wake_at
-        && rows.iter().any(|r| r.inserted && r.status == "deferred")
-    {
-        tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
-            .await?;
+    for notification_id in notification_ids {
+        let wake_at = rows
+            .iter()
+            .filter(|r| r.notification_id == notification_id && r.inserted)
+            .filter_map(|r| r.deferred_until)
+            .max();
+        if let Some(at) = wake_at {
+            tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
+                .await?;
+        }
     }
     tx.commit().await?;
     Ok(rows)

@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use crate::{outbox::JobTx, queue::Queue, settings::ConfigError};
 
-pub use deliver::Deliver;
+pub use deliver::{BATCH as DELIVER_BATCH, Deliver, DeliverBatch};
 pub use digest::SendWeeklyDigests;
 
 crate::queue_jobs! {
     /// Push and email delivery.
     pub enum NotifyJob for Queue::Notify {
         Deliver(Deliver),
+        DeliverBatch(DeliverBatch),
         SendWeeklyDigests(SendWeeklyDigests),
     }
 }
@@ -193,12 +194,18 @@ pub async fn notify_many(
     )
     .execute(tx.conn())
     .await?;
-    let jobs: Vec<Deliver> = ids
-        .iter()
-        .map(|id| Deliver {
-            notification_id: *id,
-        })
-        .collect();
-    tx.enqueue_many(&jobs).await?;
+    // Bulk sends go in batches: three statements of delivery bookkeeping per batch instead of
+    // per notification.
+    if let [notification_id] = ids[..] {
+        tx.enqueue(&Deliver { notification_id }).await?;
+    } else {
+        let batches: Vec<DeliverBatch> = ids
+            .chunks(deliver::BATCH)
+            .map(|chunk| DeliverBatch {
+                notification_ids: chunk.to_vec(),
+            })
+            .collect();
+        tx.enqueue_many(&batches).await?;
+    }
     Ok(ids)
 }

@@ -17,16 +17,13 @@
 //! claim.commit(StatusCode::CREATED, &response).await?;
 //! ```
 
-use groundcrew_jobs::JobTx;
+use groundcrew_jobs::{JobTx, maintenance::IDEMPOTENCY_KEY_RETENTION_HOURS};
 use poem::http::StatusCode;
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::{ApiState, error::ApiError, request_id::RequestId};
-
-/// Keys older than this may be reused for a new request.
-const RETENTION_HOURS: i32 = 24;
 
 pub enum Begun<T> {
     /// First time: do the work through the claim and commit it with the response.
@@ -92,7 +89,7 @@ pub async fn begin<T: ParseFromJSON>(
     .bind(caller)
     .bind(&key)
     .bind(&hash)
-    .bind(RETENTION_HOURS)
+    .bind(IDEMPOTENCY_KEY_RETENTION_HOURS)
     .execute(tx.conn())
     .await?
     .rows_affected()

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
 use crate::{
     job::{Backoff, Job, JobContext, JobError, Policy},
@@ -14,6 +15,7 @@ crate::queue_jobs! {
     pub enum MaintenanceJob for Queue::Maintenance {
         Noop(Noop),
         Canary(Canary),
+        SweepIdempotencyKeys(SweepIdempotencyKeys),
     }
 }
 
@@ -90,5 +92,51 @@ impl Job for Canary {
         .execute(&ctx.services.db)
         .await?;
         Ok(())
+    }
+}
+
+/// `Idempotency-Key` records are kept this long; after it the key may name a new request.
+pub const IDEMPOTENCY_KEY_RETENTION_HOURS: i32 = 24;
+const SWEEP_BATCH: i64 = 5_000;
+
+/// Deletes `Idempotency-Key` records past their retention (the hourly
+/// `maintenance_sweep_idempotency_keys` schedule): without it the table keeps every keyed
+/// creating POST forever.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SweepIdempotencyKeys {}
+
+impl Job for SweepIdempotencyKeys {
+    const KIND: &'static str = "maintenance.sweep_idempotency_keys";
+    const QUEUE: Queue = Queue::Maintenance;
+
+    async fn run(self, ctx: JobContext) -> Result<(), JobError> {
+        let deleted = sweep_idempotency_keys(&ctx.services.db).await?;
+        tracing::info!(deleted, "expired idempotency keys deleted");
+        Ok(())
+    }
+}
+
+/// Deletes expired keys in batches, each its own short statement, and returns how many. The
+/// age is checked again on the row being deleted, so a key that a new request reclaimed
+/// meanwhile (its `created_at` reset) stays.
+pub async fn sweep_idempotency_keys(db: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM idempotency_keys
+             WHERE created_at < now() - make_interval(hours => $1)
+               AND (user_id, key) IN (
+                   SELECT user_id, key FROM idempotency_keys
+                   WHERE created_at < now() - make_interval(hours => $1) LIMIT $2)",
+        )
+        .bind(IDEMPOTENCY_KEY_RETENTION_HOURS)
+        .bind(SWEEP_BATCH)
+        .execute(db)
+        .await?
+        .rows_affected();
+        total += deleted;
+        if deleted < SWEEP_BATCH as u64 {
+            return Ok(total);
+        }
     }
 }

@@ -72,6 +72,11 @@ pub fn table() -> Vec<ScheduleDef> {
             cron: "0 23 * * * *",
             job: || Envelope::of(&crate::media::SweepUnattached {}),
         },
+        ScheduleDef {
+            name: "maintenance_sweep_idempotency_keys",
+            cron: "0 41 * * * *",
+            job: || Envelope::of(&crate::maintenance::SweepIdempotencyKeys {}),
+        },
     ]
 }
 

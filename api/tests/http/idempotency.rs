@@ -1,6 +1,7 @@
 //! Idempotency-Key: one effect for any number of duplicates, and no reuse with another body.
 
 use futures::future::join_all;
+use groundcrew_jobs::maintenance;
 use reqwest::{Method, StatusCode};
 use uuid::Uuid;
 
@@ -68,4 +69,50 @@ async fn without_a_key_each_request_counts() {
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
     }
     assert_eq!(announcements(&app).await, 2);
+}
+
+#[tokio::test]
+async fn the_hourly_sweep_deletes_expired_keys_and_keeps_live_ones() {
+    let app = TestApp::start().await;
+    let admin = app.admin();
+    for key in ["old-1", "old-2", "live"] {
+        let resp = app
+            .request(Method::POST, "/v1/ops/notifications", Some(&admin))
+            .header("Idempotency-Key", key)
+            .json(&announcement(&[Uuid::now_v7()]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+    let db = &app.env.services.db;
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'
+         WHERE key LIKE 'old-%'",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+
+    let deleted = maintenance::sweep_idempotency_keys(db).await.unwrap();
+    assert_eq!(deleted, 2);
+    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM idempotency_keys")
+        .fetch_all(db)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["live".to_owned()]);
+    // The live key is still held: another body under it is refused.
+    let resp = app
+        .request(Method::POST, "/v1/ops/notifications", Some(&admin))
+        .header("Idempotency-Key", "live")
+        .json(&announcement(&[Uuid::now_v7()]))
+        .send()
+        .await
+        .unwrap();
+    expect_error(
+        resp,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
 }

@@ -142,14 +142,14 @@ fn baseline_zadd(requests: usize) -> serde_json::Value {
             "16",
             "-t",
             "zadd",
-            "-q",
+            "--csv",
             "-n",
             &requests.max(100_000).to_string(),
         ])
         .output()
         .expect("redis-benchmark on PATH");
     let text = String::from_utf8_lossy(&out.stdout);
-    // …"ZADD","512820.53",… (after progress lines ending in \r)
+    // --csv: "test","rps",… then "ZADD","512820.53",…
     let rps: f64 = text
         .rsplit("\"ZADD\",")
         .next()

@@ -137,6 +137,29 @@ async fn a_post_reaches_every_follower_and_deleting_it_retracts_it() {
         "post_not_found",
     )
     .await;
+
+    // Without a key or media a post is one statement with its fan-out job; it spreads alike.
+    let quick = json_with(
+        app.post(
+            "/v1/posts",
+            Some(&author.token),
+            &json!({ "text": "second light" }),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(quick["text"], "second light");
+    for user in readers.iter().chain([&author]) {
+        eventually(WITHIN, "the text-only post in the feed", || async {
+            feed(&app, user)
+                .await
+                .into_iter()
+                .next()
+                .filter(|item| item["id"] == quick["id"])
+        })
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +262,17 @@ async fn following_refuses_unknown_users_oneself_and_callers_without_a_profile()
     };
     expect_error(
         follow(&app, &nobody, alice.id).await,
+        StatusCode::CONFLICT,
+        "profile_required",
+    )
+    .await;
+    expect_error(
+        app.post(
+            "/v1/posts",
+            Some(&nobody.token),
+            &json!({ "text": "hello" }),
+        )
+        .await,
         StatusCode::CONFLICT,
         "profile_required",
     )

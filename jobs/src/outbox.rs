@@ -7,7 +7,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction, postgres::PgRow};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -162,9 +162,10 @@ pub type WriteQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArg
 /// write, the outbox insert, COMMIT). For ingest paths, where those round trips were most of
 /// Postgres's work per request; anything that needs more than one write uses [`JobTx`].
 ///
-/// `write` is an `INSERT … RETURNING …` (any statement that returns the rows it wrote) whose
-/// parameters are `$1`…`$params`, bound in that order by `bind`. Returns the job's id, or
-/// `None` when `write` wrote nothing (an `ON CONFLICT DO NOTHING` duplicate) and no job exists.
+/// `write` is an `INSERT … RETURNING …` of one row (any statement that returns what it wrote)
+/// whose parameters are `$1`…`$params`, bound in that order by `bind`. Returns the row `write`
+/// returned, or `None` when it wrote nothing (an `ON CONFLICT DO NOTHING` duplicate, a
+/// `SELECT` that matched nothing) and no job exists.
 pub async fn write_then_enqueue<J: Job>(
     services: &Services,
     write: &str,
@@ -172,15 +173,15 @@ pub async fn write_then_enqueue<J: Job>(
     bind: impl for<'q> FnOnce(WriteQuery<'q>) -> WriteQuery<'q>,
     job: &J,
     request_id: Option<String>,
-) -> Result<Option<Uuid>, sqlx::Error> {
+) -> Result<Option<PgRow>, sqlx::Error> {
     let job = Envelope::of(job);
     let meta = JobMeta { request_id };
     let at = |n: usize| params + n;
     let sql = format!(
-        "WITH written AS ({write})
-         INSERT INTO job_outbox (id, queue, kind, args, max_attempts, meta)
-         SELECT ${}, ${}, ${}, ${}, ${}, ${} WHERE EXISTS (SELECT 1 FROM written)
-         RETURNING id",
+        "WITH written AS ({write}),
+         job AS (INSERT INTO job_outbox (id, queue, kind, args, max_attempts, meta)
+                 SELECT ${}, ${}, ${}, ${}, ${}, ${} WHERE EXISTS (SELECT 1 FROM written))
+         SELECT * FROM written",
         at(1),
         at(2),
         at(3),
@@ -189,7 +190,7 @@ pub async fn write_then_enqueue<J: Job>(
         at(6)
     );
     let id = Uuid::now_v7();
-    let written: Option<Uuid> = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+    let written = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
         .bind(id)
         .bind(job.queue.name())
         .bind(job.kind)
@@ -197,8 +198,7 @@ pub async fn write_then_enqueue<J: Job>(
         .bind(job.max_attempts as i32)
         .bind(serde_json::to_value(&meta).expect("meta serializes"))
         .fetch_optional(&services.db)
-        .await?
-        .map(|row| row.get("id"));
+        .await?;
     if written.is_some() {
         let outgoing = Outgoing {
             id,

@@ -229,6 +229,16 @@ impl FeedApi {
         body: Json<PostInput>,
     ) -> Result<PostCreated, CreatePostError> {
         let input = body.0;
+        if idempotency_key.0.is_none() && input.media_ids.is_empty() {
+            let post = posts::publish_text_post(
+                &state.services,
+                auth.0.id,
+                &input.text,
+                Some(request_id.0),
+            )
+            .await?;
+            return Ok(PostCreated::Created(Json(post.into())));
+        }
         let mut claim = match idempotency::begin(
             &state,
             &request_id,

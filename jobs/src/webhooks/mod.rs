@@ -96,7 +96,7 @@ pub async fn receive(
     request_id: Option<String>,
 ) -> Result<Received, sqlx::Error> {
     let inbox_id = Uuid::now_v7();
-    let queued = outbox::write_then_enqueue(
+    let stored = outbox::write_then_enqueue(
         services,
         "INSERT INTO webhook_inbox (id, provider, event_id, event_type, body)
          VALUES ($1, $2, $3, $4, $5)
@@ -115,7 +115,7 @@ pub async fn receive(
         request_id,
     )
     .await?;
-    if queued.is_none() {
+    if stored.is_none() {
         return Ok(Received::Duplicate);
     }
     metrics::counter!("groundcrew_webhooks_received_total", "provider" => incoming.provider.as_str()).increment(1);

@@ -3,10 +3,12 @@
 # a bare poem server (api/examples/bench_floor.rs) on the same machine, Postgres and Redis on it
 # too. Targets alternate within each round so that load from elsewhere falls on all alike.
 #
-#   phase 1 (no workers):  floor GET /, GET /healthz, PUT /v1/me, POST /v1/posts (enqueues)
-#   phase 2 (workers for feed + verification running):  GET /v1/feed, POST /v1/webhooks/sports
-#           (signed, unique ids), the floor's verify-only POST /verify; then the time for the
-#           webhook inbox backlog to return to zero.
+#   phase 1 (no workers):  floor GET /, GET /healthz, PUT /v1/me, POST /v1/posts (enqueues),
+#           POST /v1/webhooks/sports (signed, unique ids) with nothing processing them yet
+#   phase 2 (workers for feed + verification running):  first the time to drain phase 1's
+#           fan-outs and webhook inbox; then GET /v1/feed, POST /v1/webhooks/sports again
+#           (now processed alongside), the floor's verify-only POST /verify; then the time for
+#           the webhook inbox backlog to return to zero.
 #
 #   bench/run-http.sh                        # 3 rounds of 10 s per target, 64 connections
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 bench/run-http.sh
@@ -100,12 +102,18 @@ for round in $(seq "$ROUNDS"); do
   measure healthz "$API" "$WORK/healthz.tsv"
   measure put_me "$API" "$WORK/me.tsv"
   measure post_posts "$API" "$WORK/posts.tsv"
+  case " ${ONLY:-sports_ingest} " in *" sports_ingest "*)
+    requests sports $((DURATION * 10000)) "$GROUNDCREW_SPORTS_WEBHOOK_SECRET" >"$WORK/sports.tsv" ;;
+  esac
+  measure sports_ingest "$API" "$WORK/sports.tsv"
 done
 
 "$REL/workers" --queues feed,verification --metrics-addr "127.0.0.1:$(free_port)" >"$WORK/workers.log" 2>&1 &
 pids+=($!)
+started=$SECONDS
 wait_for "the fan-out backlog" '[ "$(redis-cli -p "$redis_port" llen "{bench:feed}:pending")" = 0 ]'
-echo "# posts: $(sql 'SELECT count(*) FROM posts')" | tee -a "$OUT"
+wait_for "the webhook inbox" '[ "$(sql "SELECT count(*) FROM webhook_inbox WHERE processed_at IS NULL")" = 0 ]'
+echo "{\"target\":\"phase1_drain\",\"secs\":$((SECONDS - started)),\"posts\":$(sql 'SELECT count(*) FROM posts'),\"events\":$(sql 'SELECT count(*) FROM webhook_inbox')}" | tee -a "$OUT"
 
 for round in $(seq "$ROUNDS"); do
   echo "## phase 2, round $round of $ROUNDS" >&2

@@ -126,15 +126,9 @@ impl JobTx {
             .map(|r| (r.get("id"), r.get("run_at_ms")))
             .collect();
         for (id, job) in ids.iter().zip(jobs) {
-            self.staged.push(Outgoing {
-                id: *id,
-                queue: job.queue,
-                kind: job.kind.to_owned(),
-                args: job.args.to_string(),
-                max_attempts: job.max_attempts,
-                run_at_ms: run_at.get(id).copied().flatten(),
-                meta: meta.clone(),
-            });
+            let run_at_ms = run_at.get(id).copied().flatten();
+            self.staged
+                .push(outgoing(*id, &job, run_at_ms, meta.clone()));
         }
         Ok(ids)
     }
@@ -200,18 +194,23 @@ pub async fn write_then_enqueue<J: Job>(
         .fetch_optional(&services.db)
         .await?;
     if written.is_some() {
-        let outgoing = Outgoing {
-            id,
-            queue: job.queue,
-            kind: job.kind.to_owned(),
-            args: job.args.to_string(),
-            max_attempts: job.max_attempts,
-            run_at_ms: None,
-            meta,
-        };
-        dispatch(&services.outbox, &services.broker, &[outgoing]).await;
+        let pushed = outgoing(id, &job, None, meta);
+        dispatch(&services.outbox, &services.broker, &[pushed]).await;
     }
     Ok(written)
+}
+
+/// What is pushed to Redis for `job`, written to the outbox as `id`.
+fn outgoing(id: Uuid, job: &Envelope, run_at_ms: Option<i64>, meta: JobMeta) -> Outgoing {
+    Outgoing {
+        id,
+        queue: job.queue,
+        kind: job.kind.to_owned(),
+        args: job.args.to_string(),
+        max_attempts: job.max_attempts,
+        run_at_ms,
+        meta,
+    }
 }
 
 async fn dispatch(cleaner: &OutboxCleaner, broker: &Broker, jobs: &[Outgoing]) {

@@ -14,6 +14,20 @@ async fn announcements(app: &TestApp) -> i64 {
         .unwrap()
 }
 
+async fn announce_with_key(
+    app: &TestApp,
+    admin: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    app.request(Method::POST, "/v1/ops/notifications", Some(admin))
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn concurrent_duplicates_cause_one_effect() {
     let app = TestApp::start().await;
@@ -43,15 +57,8 @@ async fn concurrent_duplicates_cause_one_effect() {
 
     let mut other = body.clone();
     other["title"] = "Something else".into();
-    let resp = app
-        .request(Method::POST, "/v1/ops/notifications", Some(&admin))
-        .header("Idempotency-Key", "announce-1")
-        .json(&other)
-        .send()
-        .await
-        .unwrap();
     expect_error(
-        resp,
+        announce_with_key(&app, &admin, "announce-1", &other).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "idempotency_key_reused",
     )
@@ -76,13 +83,7 @@ async fn the_hourly_sweep_deletes_expired_keys_and_keeps_live_ones() {
     let app = TestApp::start().await;
     let admin = app.admin();
     for key in ["old-1", "old-2", "live"] {
-        let resp = app
-            .request(Method::POST, "/v1/ops/notifications", Some(&admin))
-            .header("Idempotency-Key", key)
-            .json(&announcement(&[Uuid::now_v7()]))
-            .send()
-            .await
-            .unwrap();
+        let resp = announce_with_key(&app, &admin, key, &announcement(&[Uuid::now_v7()])).await;
         assert_eq!(resp.status(), StatusCode::ACCEPTED);
     }
     let db = &app.env.services.db;
@@ -102,15 +103,8 @@ async fn the_hourly_sweep_deletes_expired_keys_and_keeps_live_ones() {
         .unwrap();
     assert_eq!(left, vec!["live".to_owned()]);
     // The live key is still held: another body under it is refused.
-    let resp = app
-        .request(Method::POST, "/v1/ops/notifications", Some(&admin))
-        .header("Idempotency-Key", "live")
-        .json(&announcement(&[Uuid::now_v7()]))
-        .send()
-        .await
-        .unwrap();
     expect_error(
-        resp,
+        announce_with_key(&app, &admin, "live", &announcement(&[Uuid::now_v7()])).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "idempotency_key_reused",
     )

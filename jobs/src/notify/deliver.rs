@@ -15,11 +15,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc};
-use futures::{
-    StreamExt,
-    future::join_all,
-    stream::{self},
-};
+use futures::{StreamExt, future::join_all, stream};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -404,16 +400,17 @@ async fn record_plan(ctx: &JobContext, plan: &[Planned]) -> Result<Vec<Row_>, Jo
             device_enabled: r.get("device_enabled"),
         })
         .collect();
-    for notification_id in notification_ids {
-        let wake_at = rows
-            .iter()
-            .filter(|r| r.notification_id == notification_id && r.inserted)
-            .filter_map(|r| r.deferred_until)
-            .max();
-        if let Some(at) = wake_at {
-            tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
-                .await?;
+    // Each notification wakes at its latest new deferral.
+    let mut wake_ups: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    for row in rows.iter().filter(|r| r.inserted) {
+        if let Some(at) = row.deferred_until {
+            let wake = wake_ups.entry(row.notification_id).or_insert(at);
+            *wake = (*wake).max(at);
         }
+    }
+    for (notification_id, at) in wake_ups {
+        tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
+            .await?;
     }
     tx.commit().await?;
     Ok(rows)

@@ -127,7 +127,7 @@ pub fn build_app(state: ApiState) -> impl Endpoint {
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
-        .around(rate_limit::limit_by_ip)
+        .around(rate_limit::limit_requests)
         .around(move |ep, req| limit_body(ep, req, body_limit))
         .around(shape_errors)
         .around(record_request)

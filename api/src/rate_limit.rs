@@ -4,10 +4,9 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use poem::{Endpoint, Request, Response};
-use redis::Script;
+use poem::{Endpoint, Request, Response, http::header::AUTHORIZATION};
 
-use crate::{ApiState, error::ApiError};
+use crate::{ApiState, auth::Caller, error::ApiError};
 
 /// How long a limiter check may take before the request goes through unchecked.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(250);
@@ -44,24 +43,11 @@ impl Class {
     }
 }
 
-/// Counts a hit and returns the count and the milliseconds left in the window. The window
-/// starts at the first hit; the expiry is set again if it was ever lost.
-const HIT: &str = r"
-local n = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
-end
-return {n, ttl}
-";
-
 #[derive(Clone)]
 pub struct RateLimiter {
     limits: RateLimits,
     prefix: String,
     conn: redis::aio::ConnectionManager,
-    script: std::sync::Arc<Script>,
 }
 
 impl RateLimiter {
@@ -70,7 +56,6 @@ impl RateLimiter {
             limits,
             prefix: format!("{}:rl", broker.prefix()),
             conn: broker.connection(),
-            script: std::sync::Arc::new(Script::new(HIT)),
         }
     }
 
@@ -84,40 +69,90 @@ impl RateLimiter {
 
     /// Counts one request of `subject` against `class`; 429 with the seconds to wait when over.
     pub async fn check(&self, class: Class, subject: &str) -> Result<(), ApiError> {
-        let limit = self.limit(class);
-        let key = format!("{}:{}:{subject}", self.prefix, class.name());
+        self.check_all(&[(class, subject)]).await
+    }
+
+    /// Counts one request against each budget, in one round trip; 429 when any is over, with
+    /// the longest wait among those over.
+    pub async fn check_all(&self, budgets: &[(Class, &str)]) -> Result<(), ApiError> {
+        // Per budget: start the window at the first hit (SET NX keeps a running window's
+        // expiry), count, read what is left. Plain commands rather than a script, so the keys
+        // of one request may live on different Cluster nodes.
+        let mut pipe = redis::pipe();
+        for (class, subject) in budgets {
+            let key = format!("{}:{}:{subject}", self.prefix, class.name());
+            let window_ms = self.limit(*class).window.as_millis() as u64;
+            pipe.cmd("SET")
+                .arg(&key)
+                .arg(0)
+                .arg("PX")
+                .arg(window_ms)
+                .arg("NX")
+                .ignore()
+                .incr(&key, 1)
+                .pttl(&key);
+        }
         let mut conn = self.conn.clone();
-        let mut invocation = self.script.prepare_invoke();
-        invocation.key(&key).arg(limit.window.as_millis() as u64);
-        let hit = invocation.invoke_async::<(u64, u64)>(&mut conn);
-        match tokio::time::timeout(CHECK_TIMEOUT, hit).await {
-            Ok(Ok((count, _))) if count <= u64::from(limit.max) => Ok(()),
-            Ok(Ok((_, ttl_ms))) => {
-                metrics::counter!("groundcrew_http_rate_limited_total", "class" => class.name())
-                    .increment(1);
-                Err(ApiError::rate_limited(ttl_ms.div_ceil(1000).max(1)))
-            }
+        let counted = pipe.query_async::<Vec<(u64, i64)>>(&mut conn);
+        let counts = match tokio::time::timeout(CHECK_TIMEOUT, counted).await {
+            Ok(Ok(counts)) => counts,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "rate limiter unavailable; letting the request through");
-                Ok(())
+                return Ok(());
             }
             Err(_) => {
                 tracing::warn!("rate limiter timed out; letting the request through");
-                Ok(())
+                return Ok(());
             }
+        };
+        let mut wait_ms = None;
+        for ((class, _), (count, ttl_ms)) in budgets.iter().zip(counts) {
+            let limit = self.limit(*class);
+            if count > u64::from(limit.max) {
+                metrics::counter!("groundcrew_http_rate_limited_total", "class" => class.name())
+                    .increment(1);
+                // A key without expiry (set by hand) waits a whole window.
+                let ttl_ms = u64::try_from(ttl_ms).unwrap_or(limit.window.as_millis() as u64);
+                wait_ms = wait_ms.max(Some(ttl_ms));
+            }
+        }
+        match wait_ms {
+            Some(ms) => Err(ApiError::rate_limited(ms.div_ceil(1000).max(1))),
+            None => Ok(()),
         }
     }
 }
 
-/// Limits `/v1` requests per client address before anything else runs.
-pub async fn limit_by_ip<E: Endpoint>(ep: E, req: Request) -> poem::Result<Response> {
-    if req.uri().path().starts_with("/v1/") {
+/// A caller whose token this middleware verified; `BearerAuth` takes it from here.
+#[derive(Clone)]
+pub struct Verified(pub Caller);
+
+/// Limits `/v1` requests before anything else runs: per client address, and per user when the
+/// request carries a valid bearer token — both counted in one Redis round trip.
+pub async fn limit_requests<E: Endpoint>(ep: E, mut req: Request) -> poem::Result<Response> {
+    if req.uri().path().starts_with("/v1/")
+        && let Some(state) = req.data::<ApiState>()
+    {
         let ip = client_ip(&req);
-        if let Some(state) = req.data::<ApiState>() {
-            state.limiter.check(Class::Ip, &ip).await?;
+        match bearer_token(&req).and_then(|t| state.verifier.verify(t).ok()) {
+            Some(caller) => {
+                let user = caller.id.to_string();
+                let budgets = [(Class::Ip, ip.as_str()), (Class::User, user.as_str())];
+                state.limiter.check_all(&budgets).await?;
+                req.set_data(Verified(caller));
+            }
+            None => state.limiter.check(Class::Ip, &ip).await?,
         }
     }
     ep.call(req).await.map(poem::IntoResponse::into_response)
+}
+
+fn bearer_token(req: &Request) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn client_ip(req: &Request) -> String {

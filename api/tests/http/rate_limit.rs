@@ -79,7 +79,7 @@ async fn paid_routes_have_a_stricter_limit() {
 }
 
 #[tokio::test]
-async fn per_ip_limit_applies_before_auth() {
+async fn per_ip_limit_applies_before_auth_and_with_a_token() {
     let small = Limit {
         max: 3,
         window: Duration::from_secs(60),
@@ -93,6 +93,13 @@ async fn per_ip_limit_applies_before_auth() {
     }
     expect_error(
         app.get("/v1/me", None).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+    )
+    .await;
+    // A valid token does not open another budget for the same address.
+    expect_error(
+        app.get("/v1/me", Some(&app.user())).await,
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
     )

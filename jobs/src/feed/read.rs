@@ -82,8 +82,9 @@ pub async fn read_feed(
     let mut items: Vec<FeedItem> = Vec::with_capacity(limit + 1);
     for _ in 0..MAX_ROUNDS {
         let need = limit - items.len();
-        // Room for entries hydration drops (deleted, unfollowed, blocked) before retraction.
-        let want = need * 2 + 4;
+        // Room for entries hydration drops (deleted, unfollowed, blocked) before retraction;
+        // rare, and a page short of them takes another round. Each id is an index lookup.
+        let want = need + need / 4 + 4;
         let window = match store.window(reader, below, want).await? {
             Some(window) => window,
             None => {
@@ -173,7 +174,7 @@ async fn rebuild(
 
 /// The page's posts: the window's ids plus merged posts of followed authors above the
 /// threshold, without deleted posts or authors the reader no longer follows (block ends
-/// follows both ways), with each author's handle.
+/// follows both ways), with each author's handle — looked up for the page's rows only.
 async fn hydrate(
     services: &Services,
     reader: Uuid,
@@ -189,14 +190,19 @@ async fn hydrate(
               WHERE f.follower_id = $1 AND p.delivery = 'merge' AND p.deleted_at IS NULL
                 AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))
               ORDER BY p.created_at DESC, p.id DESC LIMIT $5)
+         ), page AS (
+             SELECT p.id, p.author_id, p.text, p.media_ids, p.created_at
+             FROM candidate c JOIN posts p ON p.id = c.id
+             WHERE p.deleted_at IS NULL
+               AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))
+               AND (p.author_id = $1
+                    OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = p.author_id))
+             ORDER BY p.created_at DESC, p.id DESC LIMIT $5
          )
-         SELECT p.id, p.author_id, u.handle AS author_handle, p.text, p.media_ids, p.created_at
-         FROM candidate c JOIN posts p ON p.id = c.id JOIN users u ON u.id = p.author_id
-         WHERE p.deleted_at IS NULL
-           AND ($3::timestamptz IS NULL OR (p.created_at, p.id) < ($3, $4::uuid))
-           AND (p.author_id = $1
-                OR EXISTS (SELECT 1 FROM follows f WHERE f.follower_id = $1 AND f.followee_id = p.author_id))
-         ORDER BY p.created_at DESC, p.id DESC LIMIT $5",
+         SELECT page.id, page.author_id, u.handle AS author_handle, page.text, page.media_ids,
+                page.created_at
+         FROM page JOIN users u ON u.id = page.author_id
+         ORDER BY page.created_at DESC, page.id DESC",
     )
     .bind(reader)
     .bind(window)

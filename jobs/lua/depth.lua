@@ -18,4 +18,5 @@ if due > 0 then
   if due_age > age then age = due_age end
 end
 return {redis.call('LLEN', KEYS[1]) + due, redis.call('ZCARD', KEYS[2]) - due,
-  redis.call('ZCARD', KEYS[3]), redis.call('ZCARD', KEYS[4]), redis.call('EXISTS', KEYS[5]), age}
+  -- In flight: every lease but fetch.lua's marker, which sorts at +inf.
+  redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf'), redis.call('ZCARD', KEYS[4]), redis.call('EXISTS', KEYS[5]), age}

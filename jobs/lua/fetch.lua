@@ -22,7 +22,10 @@ local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[2]))
 if ids then
   local deadline = now + tonumber(ARGV[3])
   -- score, id pairs for one variadic ZADD: a call per job costs more than the ZADD itself.
-  local leased = {}
+  -- First a marker that never expires, longer than zset-max-listpack-value (64 bytes by
+  -- default): it keeps the in-flight set a skiplist. As a listpack (up to 128 entries, about
+  -- what one pool holds) every add and remove scans the whole set, ~4 µs a job at 100 held.
+  local leased = {'+inf', '~marker: longer than zset-max-listpack-value, so this set stays a skiplist'}
   for i = 1, #ids do
     local id = ids[i]
     local key = ARGV[1] .. id
@@ -43,7 +46,7 @@ if ids then
       out[#out + 1] = lease
     end
   end
-  if #leased > 0 then redis.call('ZADD', KEYS[3], unpack(leased)) end
+  if #leased > 2 then redis.call('ZADD', KEYS[3], unpack(leased)) end
 end
 if #out == 2 then
   local nxt = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')

@@ -14,6 +14,7 @@
 #   ROUNDS=5 DURATION=20 CONNECTIONS=128 bench/run-http.sh
 #   ONLY="put_me post_posts" ROUNDS=1 bench/run-http.sh   # only these targets
 #   KEEP_DB=1 bench/run-http.sh              # leave the database gc_bench_http_<pid> behind
+#   REL=/tmp/build bench/run-http.sh         # binaries built before (api, workers, examples/)
 #   PERF_DIR=/tmp/prof bench/run-http.sh     # a system-wide `perf record` of each wrk run:
 #                                            # perf report -i /tmp/prof/put_me.data --sort comm,dso
 set -euo pipefail
@@ -26,9 +27,15 @@ USERS=${USERS:-1000}
 OUT=${OUT:-bench/results/http-$(date -u +%Y%m%dT%H%M%SZ).jsonl}
 PG=${GROUNDCREW_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 
-# One build for all three, so cargo resolves features once (two builds rebuild each other's crates).
-cargo build --release -p groundcrew-api -p workers --bin api --bin workers --example bench_floor
-REL=${CARGO_TARGET_DIR:-target}/release
+command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; } >/dev/null
+
+# REL: a directory holding api, workers and examples/bench_floor already built (default: built
+# here, in one build for all three, so cargo resolves features once; two builds rebuild each
+# other's crates).
+if [ -z "${REL:-}" ]; then
+  cargo build --release -p groundcrew-api -p workers --bin api --bin workers --example bench_floor
+  REL=${CARGO_TARGET_DIR:-target}/release
+fi
 WORK=$(mktemp -d)
 free_port() {
   local port=$((20000 + RANDOM % 20000))
@@ -73,11 +80,32 @@ requests() { python3 bench/http/requests.py "$@"; }
 # One wrk run of DURATION seconds; prints and records its JSON line tagged with the target.
 measure() { # target url file
   case " ${ONLY:-$1} " in *" $1 "*) ;; *) return 0 ;; esac
-  local load perf=()
+  local load perf=() sampler result
   load=$(cut -d' ' -f1 /proc/loadavg)
   [ -z "${PERF_DIR:-}" ] || perf=(perf record -a -q -F 999 -e cpu-clock -o "$PERF_DIR/$1.data" --)
-  "${perf[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/http/replay.lua "$2" -- "$3" 2 |
-    grep '^{' | sed "s/^{/{\"target\":\"$1\",\"load\":$load,/" | tee -a "$OUT"
+  sample_background >"$WORK/background" 2>/dev/null &
+  sampler=$!
+  result=$("${perf[@]}" wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s bench/http/replay.lua "$2" -- "$3" 2 | grep '^{')
+  pkill -P "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+  sed "s/^{/{\"target\":\"$1\",\"load\":$load,\"background\":$(background_json),/" <<<"$result" | tee -a "$OUT"
+}
+# What else ran while wrk did, to explain a slow round: every 0.5 s, the tables autovacuum was
+# working on and how many checkpoints Postgres had started (one line per sample, one session).
+sample_background() {
+  printf '%s\n\\watch 0.5\n' "SELECT coalesce(string_agg(DISTINCT substring(query FROM 'autovacuum: [A-Z ]+ [a-z_.]+'), ';'), '')
+      || '|' || (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)
+    FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'" | psql "$DATABASE_URL" -At 2>/dev/null
+}
+# The sampler's findings as JSON: autovacuum runs seen and checkpoints started during the run.
+background_json() {
+  python3 - "$WORK/background" <<'PY'
+import json, sys
+lines = [l.strip().split("|") for l in open(sys.argv[1]) if "|" in l]
+vacuums = sorted({v for l in lines for v in l[0].split(";") if v})
+checkpoints = [int(l[1]) for l in lines if l[1].isdigit()]
+print(json.dumps({"autovacuum": vacuums,
+                  "checkpoints": checkpoints[-1] - checkpoints[0] if checkpoints else None}))
+PY
 }
 sql() { psql "$DATABASE_URL" -tAc "$1"; }
 wait_for() { # description, shell test; polls for up to 300 s

@@ -4,6 +4,10 @@
 //!   blasting the local APNs endpoint with the same signed requests — the physical limit here;
 //! - `apns_worker`: notifications through `notify.deliver` on an in-process notify pool
 //!   (preferences, delivery rows, sends, outcomes) to the same endpoint;
+//! - `fcm_bare_client`: our FCM client's `send` alone (256 in flight, no queue, no Postgres)
+//!   to the local FCM v1 endpoint — over plain http reqwest speaks HTTP/1.1 on a pool of
+//!   connections, as it would to FCM without TLS;
+//! - `fcm_worker`: the same notifications to Android devices through the notify pool;
 //! - `email_worker`: welcome emails through the pool to a local aiosmtpd.
 //!
 //! Baseline and ours alternate (A B A B …) because the machine's cores are shared; each run
@@ -16,12 +20,16 @@ use std::{sync::Arc, time::Instant};
 use groundcrew_jobs::{
     JobTx, Queue,
     notify::{
-        Category, Notification, Providers, apns::ApnsClient, notify_many, push::PushMessage,
+        Category, Notification, Providers,
+        apns::ApnsClient,
+        fcm::FcmClient,
+        notify_many,
+        push::{PushMessage, PushOutcome},
         settings::NotifySettings,
     },
     worker::PoolSpec,
 };
-use groundcrew_testkit::{TestEnv, apns::FakeApns, smtp::SmtpServer};
+use groundcrew_testkit::{TestEnv, apns::FakeApns, fcm::FakeFcm, smtp::SmtpServer};
 use http_body_util::Full;
 use hyper::body::Bytes;
 use uuid::Uuid;
@@ -40,19 +48,21 @@ async fn main() {
     let runs = args.get(2).copied().unwrap_or(3);
 
     let apns = FakeApns::start().await;
+    let fcm = FakeFcm::start().await;
     let smtp = SmtpServer::start();
     let mut env = TestEnv::new().await;
     env.services.notify = Arc::new(
         Providers::new(NotifySettings {
             apns: Some(apns.settings()),
-            fcm: None,
+            fcm: Some(fcm.settings()),
             smtp_url: Some(smtp.url()),
             mail_from: "groundcrew <noreply@groundcrew.test>".into(),
             data_dir: std::env::temp_dir(),
         })
         .expect("providers"),
     );
-    let users = seed_users(&env, pushes.max(emails)).await;
+    let users = seed_users(&env, pushes.max(emails), "apns").await;
+    let android_users = seed_users(&env, pushes, "fcm").await;
 
     let mut results: Vec<(&str, f64)> = Vec::new();
     for run in 1..=runs {
@@ -62,12 +72,24 @@ async fn main() {
         let ours = through_worker(&env, &users[..pushes], false).await;
         report("apns_worker", run, pushes, ours);
         results.push(("apns_worker", pushes as f64 / ours));
+        let bare = bare_fcm(&fcm, pushes).await;
+        report("fcm_bare_client", run, pushes, bare);
+        results.push(("fcm_bare_client", pushes as f64 / bare));
+        let ours = through_worker(&env, &android_users, false).await;
+        report("fcm_worker", run, pushes, ours);
+        results.push(("fcm_worker", pushes as f64 / ours));
         let mail = through_worker(&env, &users[..emails], true).await;
         report("email_worker", run, emails, mail);
         results.push(("email_worker", emails as f64 / mail));
     }
     let mut medians = serde_json::Map::new();
-    for name in ["apns_bare_h2", "apns_worker", "email_worker"] {
+    for name in [
+        "apns_bare_h2",
+        "apns_worker",
+        "fcm_bare_client",
+        "fcm_worker",
+        "email_worker",
+    ] {
         let mut rates: Vec<f64> = results
             .iter()
             .filter(|r| r.0 == name)
@@ -79,12 +101,16 @@ async fn main() {
             serde_json::json!(rates[rates.len() / 2].round()),
         );
     }
-    let ratio =
-        medians["apns_worker"].as_f64().unwrap() / medians["apns_bare_h2"].as_f64().unwrap();
-    medians.insert(
-        "worker_vs_bare".into(),
-        serde_json::json!((ratio * 100.0).round() / 100.0),
-    );
+    for (name, ours, bare) in [
+        ("apns_worker_vs_bare", "apns_worker", "apns_bare_h2"),
+        ("fcm_worker_vs_bare", "fcm_worker", "fcm_bare_client"),
+    ] {
+        let ratio = medians[ours].as_f64().unwrap() / medians[bare].as_f64().unwrap();
+        medians.insert(
+            name.into(),
+            serde_json::json!((ratio * 100.0).round() / 100.0),
+        );
+    }
     println!("{}", serde_json::json!({"medians_per_sec": medians}));
 }
 
@@ -96,17 +122,18 @@ fn report(bench: &str, run: usize, n: usize, secs: f64) {
     );
 }
 
-/// Users with one APNs device and an email address each.
-async fn seed_users(env: &TestEnv, n: usize) -> Vec<Uuid> {
+/// Users with one device on `platform` and an email address each.
+async fn seed_users(env: &TestEnv, n: usize, platform: &str) -> Vec<Uuid> {
     let users: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
     sqlx::query(
         "WITH u AS (SELECT id, row_number() OVER () AS n FROM unnest($1::uuid[]) AS id)
          , users AS (INSERT INTO users (id, handle, email)
-                     SELECT id, 'bench_' || n, 'bench' || n || '@example.test' FROM u)
+                     SELECT id, $2 || '_' || n, $2 || n || '@example.test' FROM u)
          INSERT INTO devices (id, token, user_id, platform)
-         SELECT gen_random_uuid(), md5(id::text) || md5(n::text), id, 'apns' FROM u",
+         SELECT gen_random_uuid(), md5(id::text) || md5(n::text), id, $2 FROM u",
     )
     .bind(&users)
+    .bind(platform)
     .execute(&env.services.db)
     .await
     .expect("seed users");
@@ -198,6 +225,36 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
         tasks.push(tokio::spawn(async move {
             let response = sender.send_request(request).await.expect("h2 request");
             assert_eq!(response.status(), 200);
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// The FCM client's sends alone, with the payload the worker sends.
+async fn bare_fcm(fcm: &FakeFcm, n: usize) -> f64 {
+    let client = Arc::new(FcmClient::new(fcm.settings()).expect("client"));
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = Uuid::now_v7();
+            let message = PushMessage {
+                title: "New follower",
+                body: "@bench follows you",
+                data: &serde_json::json!({}),
+                notification_id: id,
+                send_id: &id.to_string(),
+                expires_at: chrono::Utc::now().timestamp() + 86_400,
+            };
+            let outcome = client.send(&format!("bench{i}"), &message).await;
+            assert!(matches!(outcome, PushOutcome::Sent), "{outcome:?}");
             drop(permit);
         }));
     }

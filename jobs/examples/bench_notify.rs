@@ -184,18 +184,47 @@ async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
     secs
 }
 
+/// The message of every benchmark push.
+fn bench_message<'a>(id: Uuid, send_id: &'a str, data: &'a serde_json::Value) -> PushMessage<'a> {
+    PushMessage {
+        title: "New follower",
+        body: "@bench follows you",
+        data,
+        notification_id: id,
+        send_id,
+        expires_at: chrono::Utc::now().timestamp() + 86_400,
+    }
+}
+
+/// Seconds for the `n` sends `send` makes, at most `IN_FLIGHT` at once.
+async fn blast<F, Fut>(n: usize, send: F) -> f64
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        let sent = send(i);
+        tasks.push(tokio::spawn(async move {
+            sent.await;
+            drop(permit);
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    started.elapsed().as_secs_f64()
+}
+
 /// The same requests the worker sends, without anything around them.
 async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
     let client = ApnsClient::new(apns.settings()).expect("client");
     let id = Uuid::now_v7();
-    let message = PushMessage {
-        title: "New follower",
-        body: "@bench follows you",
-        data: &serde_json::json!({}),
-        notification_id: id,
-        send_id: &id.to_string(),
-        expires_at: chrono::Utc::now().timestamp() + 86_400,
-    };
+    let (send_id, data) = (id.to_string(), serde_json::json!({}));
+    let message = bench_message(id, &send_id, &data);
     let body = Bytes::from(ApnsClient::payload(&message, "bench"));
     let bearer = format!("bearer {}", client.provider_token().expect("token"));
     let addr = apns.url.trim_start_matches("http://").to_owned();
@@ -207,11 +236,7 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let permit = semaphore.clone().acquire_owned().await.unwrap();
+    blast(n, |i| {
         let mut sender = sender.clone();
         let request = hyper::Request::post(format!("http://{addr}/3/device/bench{i}"))
             .header("authorization", &bearer)
@@ -222,44 +247,26 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
             .header("apns-collapse-id", message.send_id)
             .body(Full::new(body.clone()))
             .unwrap();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let response = sender.send_request(request).await.expect("h2 request");
             assert_eq!(response.status(), 200);
-            drop(permit);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    started.elapsed().as_secs_f64()
+        }
+    })
+    .await
 }
 
 /// The FCM client's sends alone, with the payload the worker sends.
 async fn bare_fcm(fcm: &FakeFcm, n: usize) -> f64 {
     let client = Arc::new(FcmClient::new(fcm.settings()).expect("client"));
-    let started = Instant::now();
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let permit = semaphore.clone().acquire_owned().await.unwrap();
+    blast(n, |i| {
         let client = client.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let id = Uuid::now_v7();
-            let message = PushMessage {
-                title: "New follower",
-                body: "@bench follows you",
-                data: &serde_json::json!({}),
-                notification_id: id,
-                send_id: &id.to_string(),
-                expires_at: chrono::Utc::now().timestamp() + 86_400,
-            };
+            let (send_id, data) = (id.to_string(), serde_json::json!({}));
+            let message = bench_message(id, &send_id, &data);
             let outcome = client.send(&format!("bench{i}"), &message).await;
             assert!(matches!(outcome, PushOutcome::Sent), "{outcome:?}");
-            drop(permit);
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    started.elapsed().as_secs_f64()
+        }
+    })
+    .await
 }

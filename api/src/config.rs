@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use groundcrew_jobs::settings::{ConfigError, env_parse, env_string};
+use ipnet::IpNet;
 
 use crate::rate_limit::{Limit, RateLimits};
 
@@ -16,6 +17,9 @@ pub struct ApiConfig {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
     pub rate_limits: RateLimits,
+    /// Load balancers and proxies in front of the API: from these peers the client address is
+    /// read from `X-Forwarded-For`. Empty: the peer is the client, and the header is ignored.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +91,26 @@ impl ApiConfig {
                 per_ip: per_minute("GROUNDCREW_RATE_LIMIT_IP_PER_MINUTE", 1200)?,
                 paid: per_minute("GROUNDCREW_RATE_LIMIT_PAID_PER_MINUTE", 60)?,
             },
+            trusted_proxies: trusted_proxies()?,
         })
     }
+}
+
+/// `GROUNDCREW_TRUSTED_PROXIES`: addresses and networks, comma-separated (`10.0.0.0/8, ::1`).
+fn trusted_proxies() -> Result<Vec<IpNet>, ConfigError> {
+    const VARIABLE: &str = "GROUNDCREW_TRUSTED_PROXIES";
+    env_string(VARIABLE, "")
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<IpNet>()
+                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| ConfigError {
+                    variable: VARIABLE.into(),
+                    message: format!("{entry:?} is neither an IP address nor a network (CIDR)"),
+                })
+        })
+        .collect()
 }

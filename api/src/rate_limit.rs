@@ -4,6 +4,7 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use ipnet::IpNet;
 use poem::{Endpoint, Request, Response, http::header::AUTHORIZATION};
 
 use crate::{ApiState, auth::Caller, error::ApiError};
@@ -133,7 +134,7 @@ pub async fn limit_requests<E: Endpoint>(ep: E, mut req: Request) -> poem::Resul
     if req.uri().path().starts_with("/v1/")
         && let Some(state) = req.data::<ApiState>()
     {
-        let ip = client_ip(&req);
+        let ip = client_ip(&req, &state.config.trusted_proxies);
         match bearer_token(&req).and_then(|t| state.verifier.verify(t).ok()) {
             Some(caller) => {
                 let user = caller.id.to_string();
@@ -155,10 +156,33 @@ fn bearer_token(req: &Request) -> Option<&str> {
         .then_some(token.trim())
 }
 
-fn client_ip(req: &Request) -> String {
-    req.remote_addr()
-        .as_socket_addr()
-        .map(|a| a.ip())
-        .map(|ip: IpAddr| ip.to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the nearest
+/// address in `X-Forwarded-For`, read from the right, that is not a trusted proxy itself (what
+/// lies to its left the client wrote and could forge).
+fn client_ip(req: &Request, trusted: &[IpNet]) -> String {
+    let Some(peer) = req.remote_addr().as_socket_addr().map(|a| a.ip()) else {
+        return "unknown".into();
+    };
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer;
+    if is_trusted(&peer) {
+        let forwarded: Vec<&str> = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .collect();
+        for hop in forwarded.iter().rev() {
+            // An unreadable entry ends the chain: the last hop read is as far as we can trust.
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                break;
+            };
+            client = ip;
+            if !is_trusted(&ip) {
+                break;
+            }
+        }
+    }
+    client.to_string()
 }

@@ -20,6 +20,22 @@ fn serve_names_the_missing_secret() {
 }
 
 #[test]
+fn serve_names_a_bad_trusted_proxy() {
+    let out = api()
+        .arg("serve")
+        .env("GROUNDCREW_JWT_SECRET", "cli-secret")
+        .env("GROUNDCREW_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("GROUNDCREW_TRUSTED_PROXIES") && stderr.contains("lb.internal"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn token_prints_a_token_the_api_accepts() {
     let sub = uuid::Uuid::now_v7();
     let out = api()

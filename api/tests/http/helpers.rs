@@ -41,6 +41,7 @@ pub fn test_config() -> ApiConfig {
             per_ip: generous,
             paid: generous,
         },
+        trusted_proxies: vec![],
     }
 }
 

@@ -160,7 +160,13 @@ fn bearer_token(req: &Request) -> Option<&str> {
 /// address in `X-Forwarded-For`, read from the right, that is not a trusted proxy itself (what
 /// lies to its left the client wrote and could forge).
 fn client_ip(req: &Request, trusted: &[IpNet]) -> String {
-    let Some(peer) = req.remote_addr().as_socket_addr().map(|a| a.ip()) else {
+    // Canonical: on a dual-stack listener an IPv4 peer arrives as `::ffff:a.b.c.d`, which an
+    // IPv4 network in the list would not contain.
+    let Some(peer) = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_canonical())
+    else {
         return "unknown".into();
     };
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
@@ -178,6 +184,7 @@ fn client_ip(req: &Request, trusted: &[IpNet]) -> String {
             let Ok(ip) = hop.trim().parse::<IpAddr>() else {
                 break;
             };
+            let ip = ip.to_canonical();
             client = ip;
             if !is_trusted(&ip) {
                 break;

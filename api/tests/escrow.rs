@@ -9,7 +9,7 @@ mod helpers;
 use groundcrew_api::auth::Role;
 use groundcrew_jobs::escrow::store;
 use helpers::{TestApp, expect_error};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -42,12 +42,8 @@ async fn json_of(resp: reqwest::Response, status: StatusCode) -> Value {
 }
 
 async fn create(app: &TestApp, sponsor: &str, body: &Value, key: &str) -> reqwest::Response {
-    app.request(Method::POST, "/v1/escrows", Some(sponsor))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
+    app.post_keyed("/v1/escrows", Some(sponsor), key, body)
         .await
-        .unwrap()
 }
 
 async fn transition(app: &TestApp, token: &str, id: &str, to: &str) -> reqwest::Response {

@@ -77,14 +77,9 @@ async fn a_post_reaches_every_follower_and_deleting_it_retracts_it() {
     }
 
     let body = json!({ "text": "first light" });
-    let created = |key: &'static str| {
-        app.request(Method::POST, "/v1/posts", Some(&author.token))
-            .header("Idempotency-Key", key)
-            .json(&body)
-            .send()
-    };
-    let post = json_with(created("post-1").await.unwrap(), StatusCode::CREATED).await;
-    let replayed = json_with(created("post-1").await.unwrap(), StatusCode::CREATED).await;
+    let created = |key: &'static str| app.post_keyed("/v1/posts", Some(&author.token), key, &body);
+    let post = json_with(created("post-1").await, StatusCode::CREATED).await;
+    let replayed = json_with(created("post-1").await, StatusCode::CREATED).await;
     assert_eq!(replayed, post, "a retried POST posts once");
     assert_eq!(post["author_id"], json!(author.id));
     assert_eq!(post["text"], "first light");

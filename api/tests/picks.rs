@@ -248,12 +248,8 @@ async fn a_retried_pick_with_the_same_key_is_placed_once() {
     let mut ids = Vec::new();
     for _ in 0..2 {
         let resp = app
-            .request(reqwest::Method::POST, "/v1/picks", Some(&user))
-            .header("Idempotency-Key", "pick-1")
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .post_keyed("/v1/picks", Some(&user), "pick-1", &body)
+            .await;
         ids.push(json_of(resp, StatusCode::CREATED).await["id"].clone());
     }
     assert_eq!(ids[0], ids[1]);

@@ -129,6 +129,22 @@ impl TestApp {
             .expect("request")
     }
 
+    /// A creating POST with an `Idempotency-Key`.
+    pub async fn post_keyed(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        self.request(Method::POST, path, token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn put(&self, path: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
         self.request(Method::PUT, path, token)
             .json(body)

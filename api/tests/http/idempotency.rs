@@ -20,12 +20,8 @@ async fn announce_with_key(
     key: &str,
     body: &serde_json::Value,
 ) -> reqwest::Response {
-    app.request(Method::POST, "/v1/ops/notifications", Some(admin))
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
+    app.post_keyed("/v1/ops/notifications", Some(admin), key, body)
         .await
-        .unwrap()
 }
 
 #[tokio::test]

@@ -1,10 +1,16 @@
 //! `notify.deliver` (one notification) and `notify.deliver_batch` (up to [`BATCH`], what
 //! `notify_many` enqueues for bulk sends): each notification to every target it has (each
-//! enabled device, the user's email address). Three statements per run, whatever the batch
-//! size: read the notifications with their users' preferences and devices; plan the delivery
-//! rows (inserted once, `ON CONFLICT DO NOTHING`) and read back those still to send; record
-//! every send's outcome. A re-run (retry, crash) sends only what is still `pending`, or
-//! `deferred` and due, with the same send id.
+//! enabled device, the user's email address). Two statements per run, whatever the batch size:
+//! read the notifications with their users' preferences, devices and the delivery rows they
+//! already have; after the sends, write every row's outcome in one upsert (in one transaction
+//! with the wake-ups of new deferrals and the disabling of dead tokens).
+//!
+//! A delivery row is written once its outcome is known, not before the send: a run that dies
+//! between its sends and the write leaves no row, and the re-run sends again with the same
+//! send id (the collapse id), exactly what a row left `pending` would have led to. Writing the
+//! row once instead of inserting it `pending` and updating it halves the Postgres writes per
+//! push. A re-run (retry, crash) sends only targets without a row, rows still `pending`, and
+//! rows `deferred` and due; a row once `sent` is never written over.
 //!
 //! Outcomes: category off → `skipped`; no credentials for a provider → `skipped` ("provider
 //! not configured"); suppressed address → `skipped`; push during quiet hours → `deferred` and
@@ -15,7 +21,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc};
-use futures::{StreamExt, future::join_all, stream};
+use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -57,7 +63,7 @@ impl Job for Deliver {
 }
 
 /// Notifications per `notify.deliver_batch`: Postgres work per notification falls with the
-/// batch (three statements for all of them), while one slow provider answer holds back at
+/// batch (two statements for all of them), while one slow provider answer holds back at
 /// most this many.
 pub const BATCH: usize = 100;
 
@@ -81,41 +87,62 @@ impl Job for DeliverBatch {
 /// Push outlives a deferral or a provider outage by this much before the provider drops it.
 const PUSH_LIFETIME: chrono::Duration = chrono::Duration::days(1);
 const NOT_CONFIGURED: &str = "provider not configured";
-/// Emails one run sends at once: lettre's default SMTP pool size.
-const EMAILS_IN_FLIGHT: usize = 10;
 
-/// A delivery row to insert if it does not exist yet.
-struct Planned {
+/// A delivery this run sends.
+struct Due {
+    notification_id: Uuid,
+    channel: &'static str,
+    target: String,
+    send_id: String,
+    deferred_until: Option<DateTime<Utc>>,
+    app_id: Option<String>,
+    sandbox: bool,
+}
+
+/// A delivery row as this run leaves it: inserted, or written over when it exists.
+struct Outcome {
     notification_id: Uuid,
     channel: &'static str,
     target: String,
     status: &'static str,
     detail: Option<String>,
     deferred_until: Option<DateTime<Utc>>,
+    /// Whether this run sent (or tried to): counted in the row's `attempts`.
+    attempted: bool,
+    /// The provider said the device token is dead.
+    dead_token: bool,
+    /// Transient failure: `Some(the delay the provider asked for)`.
+    retry_after: Option<Option<Duration>>,
 }
 
-/// A delivery row as the send step sees it.
-struct Row_ {
-    id: Uuid,
-    notification_id: Uuid,
-    channel: String,
-    target: String,
-    send_id: String,
+impl Outcome {
+    /// A decision made without sending.
+    fn decided(
+        notification_id: Uuid,
+        channel: &'static str,
+        target: &str,
+        status: &'static str,
+        detail: String,
+    ) -> Self {
+        Outcome {
+            notification_id,
+            channel,
+            target: target.to_owned(),
+            status,
+            detail: Some(detail),
+            deferred_until: None,
+            attempted: false,
+            dead_token: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// A delivery row the notification already has.
+struct Existing {
     status: String,
     deferred_until: Option<DateTime<Utc>>,
-    inserted: bool,
-    app_id: Option<String>,
-    sandbox: bool,
-    device_enabled: Option<bool>,
-}
-
-/// What a send came to: the row's new status and detail, and a device to disable.
-struct Settled {
-    id: Uuid,
-    status: &'static str,
-    detail: Option<String>,
-    disable: Option<String>,
-    retry_after: Option<Option<Duration>>,
+    send_id: String,
 }
 
 /// What a send needs of its notification.
@@ -131,18 +158,28 @@ struct Message {
 
 async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobError> {
     let services = &ctx.services;
-    let providers = &services.notify;
     let found = sqlx::query(
         "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
                 n.created_at, u.email AS address, u.handle, u.timezone,
                 p.categories, p.quiet_start, p.quiet_end, now() AS now,
                 EXISTS (SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
                     AS suppressed,
-                COALESCE((SELECT array_agg(d.token || ' ' || d.platform) FROM devices d
-                          WHERE d.user_id = n.user_id AND d.enabled), '{}') AS devices
+                dv.tokens, dv.platforms, dv.app_ids, dv.sandbox,
+                dl.channels, dl.targets, dl.statuses, dl.deferred_until, dl.send_ids
          FROM notifications n
          LEFT JOIN users u ON u.id = n.user_id
          LEFT JOIN notification_preferences p ON p.user_id = n.user_id
+         LEFT JOIN LATERAL (
+             SELECT array_agg(d.token) AS tokens, array_agg(d.platform) AS platforms,
+                    array_agg(d.app_id) AS app_ids,
+                    array_agg(d.environment = 'sandbox') AS sandbox
+             FROM devices d WHERE d.user_id = n.user_id AND d.enabled) dv ON true
+         LEFT JOIN LATERAL (
+             SELECT array_agg(x.channel) AS channels, array_agg(x.target) AS targets,
+                    array_agg(x.status) AS statuses,
+                    array_agg(x.deferred_until) AS deferred_until,
+                    array_agg(x.send_id) AS send_ids
+             FROM notification_deliveries x WHERE x.notification_id = n.id) dl ON true
          WHERE n.id = ANY($1)",
     )
     .bind(notification_ids)
@@ -162,13 +199,12 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
         return Ok(());
     };
 
-    let mut plan = Vec::new();
+    let (mut dues, mut outcomes) = (Vec::new(), Vec::new());
     let mut messages = HashMap::new();
     for n in &found {
-        let notification_id: Uuid = n.get("id");
-        let email = plan_notification(providers, n, now, &mut plan);
+        let email = plan_notification(&services.notify, n, now, &mut dues, &mut outcomes);
         messages.insert(
-            notification_id,
+            n.get::<Uuid, _>("id"),
             Message {
                 user_id: n.get("user_id"),
                 title: n.get("title"),
@@ -180,86 +216,64 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
             },
         );
     }
-    if plan.is_empty() {
-        return Ok(());
-    }
 
-    let rows = record_plan(ctx, &plan).await?;
-    let due = rows.iter().filter(|r| {
-        r.status == "pending"
-            || (r.status == "deferred" && r.deferred_until.is_some_and(|t| t <= now))
-    });
-    // Pushes are streams on one HTTP/2 connection per provider: all at once. Each email needs
-    // an SMTP connection of its own for the whole conversation; more at once than the
-    // transport's pool only opens connections the server may refuse.
-    let (emails, pushes): (Vec<&Row_>, Vec<&Row_>) = due.partition(|r| r.channel == "email");
+    // All at once: pushes are streams on one HTTP/2 connection per provider, and each client
+    // (the mailer too) caps what it has in flight for the whole process.
     // Futures built up front: a closure inside the stream trips rustc's `Send` check of the
     // job's future (rust-lang/rust#102211).
-    let pushes: Vec<_> = pushes
-        .into_iter()
-        .map(|r| send(ctx, &messages, r))
-        .collect();
-    let emails: Vec<_> = emails
-        .into_iter()
-        .map(|r| send(ctx, &messages, r))
-        .collect();
-    let (mut settled, emailed) = futures::join!(
-        join_all(pushes),
-        stream::iter(emails)
-            .buffer_unordered(EMAILS_IN_FLIGHT)
-            .collect::<Vec<_>>()
-    );
-    settled.extend(emailed);
-    record_outcomes(ctx, &settled).await
+    let sends: Vec<_> = dues.iter().map(|d| send(ctx, &messages, d)).collect();
+    outcomes.extend(join_all(sends).await);
+    record_outcomes(ctx, &outcomes).await
 }
 
-/// One send of one delivery row, and what it came to.
-async fn send(ctx: &JobContext, messages: &HashMap<Uuid, Message>, row: &Row_) -> Settled {
+/// One send of one delivery, and what it came to.
+async fn send(ctx: &JobContext, messages: &HashMap<Uuid, Message>, due: &Due) -> Outcome {
     let providers = &ctx.services.notify;
-    let n = &messages[&row.notification_id];
+    let n = &messages[&due.notification_id];
     let message = PushMessage {
         title: &n.title,
         body: &n.body,
         data: &n.data,
-        notification_id: row.notification_id,
-        send_id: &row.send_id,
-        expires_at: (row.deferred_until.unwrap_or(n.created_at) + PUSH_LIFETIME).timestamp(),
+        notification_id: due.notification_id,
+        send_id: &due.send_id,
+        expires_at: (due.deferred_until.unwrap_or(n.created_at) + PUSH_LIFETIME).timestamp(),
     };
-    let outcome = match row.channel.as_str() {
+    let outcome = match due.channel {
         "email" => {
             let spec = n
                 .email
                 .as_ref()
-                .expect("an email row comes from an email spec");
-            return send_email(ctx, row, spec, n.user_id, n.handle.clone()).await;
-        }
-        _ if row.device_enabled != Some(true) => {
-            PushOutcome::Failed("device disabled or removed".into())
+                .expect("an email due comes from an email spec");
+            return send_email(ctx, due, spec, n.user_id, n.handle.clone()).await;
         }
         "apns" => match &providers.apns {
             Some(apns) => {
-                apns.send(&row.target, row.sandbox, row.app_id.as_deref(), &message)
+                apns.send(&due.target, due.sandbox, due.app_id.as_deref(), &message)
                     .await
             }
-            None => return skipped(row.id),
+            None => return not_configured(due),
         },
         _ => match &providers.fcm {
-            Some(fcm) => fcm.send(&row.target, &message).await,
-            None => return skipped(row.id),
+            Some(fcm) => fcm.send(&due.target, &message).await,
+            None => return not_configured(due),
         },
     };
-    settle_push(row, outcome)
+    settle_push(due, outcome)
 }
 
-/// Adds one notification's delivery rows to `plan` (its devices when it pushes, its user's
-/// address when it emails) and returns its email spec.
+/// Sorts one notification's targets (its enabled devices when it pushes, its user's address
+/// when it emails) into what to send now and what is decided without sending, and returns its
+/// email spec. Targets with a row follow the row: `pending` and due `deferred` ones are sent,
+/// the rest are done. A row still to send whose device is gone fails.
 fn plan_notification(
     providers: &super::Providers,
     n: &sqlx::postgres::PgRow,
     now: DateTime<Utc>,
-    plan: &mut Vec<Planned>,
+    dues: &mut Vec<Due>,
+    outcomes: &mut Vec<Outcome>,
 ) -> Option<EmailSpec> {
     let notification_id: Uuid = n.get("id");
+    let mut existing = existing_rows(n);
     let category: Option<Category> = serde_json::from_value(Value::String(n.get("category"))).ok();
     let allowed = category
         .is_none_or(|c| Categories::from_json(n.get::<Option<Value>, _>("categories")).allows(c));
@@ -271,47 +285,144 @@ fn plan_notification(
             .deferred_until(now, zone(n.get::<Option<String>, _>("timezone").as_deref())),
         _ => None,
     };
+    let mut plan = |channel: &'static str, target: &str, device: (Option<String>, bool), new| {
+        let due = |send_id: String, deferred_until| Due {
+            notification_id,
+            channel,
+            target: target.to_owned(),
+            send_id,
+            deferred_until,
+            app_id: device.0.clone(),
+            sandbox: device.1,
+        };
+        match existing.remove(&(channel.to_owned(), target.to_owned())) {
+            Some(row) if still_to_send(&row, now) => {
+                dues.push(due(row.send_id, row.deferred_until));
+            }
+            Some(_) => {}
+            None => match new {
+                Some(outcome) => outcomes.push(outcome),
+                None => dues.push(due(notification_id.to_string(), None)),
+            },
+        }
+    };
+
     if n.get::<bool, _>("push") {
-        for device in n.get::<Vec<String>, _>("devices") {
-            let (token, platform) = device.rsplit_once(' ').expect("token and platform");
-            let configured = match platform {
+        let tokens = n
+            .get::<Option<Vec<String>>, _>("tokens")
+            .unwrap_or_default();
+        let platforms = n
+            .get::<Option<Vec<String>>, _>("platforms")
+            .unwrap_or_default();
+        let app_ids = n
+            .get::<Option<Vec<Option<String>>>, _>("app_ids")
+            .unwrap_or_default();
+        let sandbox = n.get::<Option<Vec<bool>>, _>("sandbox").unwrap_or_default();
+        for (((token, platform), app_id), sandbox) in
+            tokens.iter().zip(platforms).zip(app_ids).zip(sandbox)
+        {
+            let channel = if platform == "apns" { "apns" } else { "fcm" };
+            let configured = match channel {
                 "apns" => providers.apns.is_some(),
                 _ => providers.fcm.is_some(),
             };
-            let channel = if platform == "apns" { "apns" } else { "fcm" };
-            plan.push(decide(
+            let new = decide(
                 notification_id,
                 channel,
                 token,
                 allowed,
                 configured,
                 quiet_until,
-            ));
+            );
+            plan(channel, token, (app_id, sandbox), new);
         }
     }
     let email: Option<EmailSpec> = n
         .get::<Option<Value>, _>("email")
         .and_then(|v| serde_json::from_value(v).ok());
-    let address: Option<String> = n.get("address");
     if email.is_some() {
-        let mut row = decide(
-            notification_id,
-            "email",
-            address.as_deref().unwrap_or(""),
-            allowed,
-            true,
-            None,
-        );
-        if address.is_none() {
-            (row.status, row.detail) = ("skipped", Some("no email address".into()));
-        } else if row.status == "pending" && n.get::<bool, _>("suppressed") {
-            (row.status, row.detail) = ("skipped", Some("address suppressed".into()));
+        match n.get::<Option<String>, _>("address") {
+            None => outcomes.push(Outcome::decided(
+                notification_id,
+                "email",
+                "",
+                "skipped",
+                "no email address".into(),
+            )),
+            Some(address) => {
+                let mut new = decide(notification_id, "email", &address, allowed, true, None);
+                if new.is_none() && n.get::<bool, _>("suppressed") {
+                    new = Some(Outcome::decided(
+                        notification_id,
+                        "email",
+                        &address,
+                        "skipped",
+                        "address suppressed".into(),
+                    ));
+                }
+                plan("email", &address, (None, false), new);
+            }
         }
-        plan.push(row);
+    }
+    for ((channel, target), row) in existing {
+        if still_to_send(&row, now) {
+            let (channel, gone) = match channel.as_str() {
+                "apns" => ("apns", "device disabled or removed"),
+                "fcm" => ("fcm", "device disabled or removed"),
+                _ => ("email", "email address changed"),
+            };
+            outcomes.push(Outcome::decided(
+                notification_id,
+                channel,
+                &target,
+                "failed",
+                gone.into(),
+            ));
+        }
     }
     email
 }
 
+/// The notification's delivery rows by (channel, target).
+fn existing_rows(n: &sqlx::postgres::PgRow) -> HashMap<(String, String), Existing> {
+    let channels = n
+        .get::<Option<Vec<String>>, _>("channels")
+        .unwrap_or_default();
+    let targets = n
+        .get::<Option<Vec<String>>, _>("targets")
+        .unwrap_or_default();
+    let statuses = n
+        .get::<Option<Vec<String>>, _>("statuses")
+        .unwrap_or_default();
+    let deferred = n
+        .get::<Option<Vec<Option<DateTime<Utc>>>>, _>("deferred_until")
+        .unwrap_or_default();
+    let send_ids = n
+        .get::<Option<Vec<String>>, _>("send_ids")
+        .unwrap_or_default();
+    channels
+        .into_iter()
+        .zip(targets)
+        .zip(statuses.into_iter().zip(deferred).zip(send_ids))
+        .map(|(key, ((status, deferred_until), send_id))| {
+            (
+                key,
+                Existing {
+                    status,
+                    deferred_until,
+                    send_id,
+                },
+            )
+        })
+        .collect()
+}
+
+fn still_to_send(row: &Existing, now: DateTime<Utc>) -> bool {
+    row.status == "pending"
+        || (row.status == "deferred" && row.deferred_until.is_some_and(|t| t <= now))
+}
+
+/// A new target's fate: `None` to send it now, or what is decided without sending.
 fn decide(
     notification_id: Uuid,
     channel: &'static str,
@@ -319,115 +430,64 @@ fn decide(
     allowed: bool,
     configured: bool,
     quiet_until: Option<DateTime<Utc>>,
-) -> Planned {
-    let (status, detail, deferred_until) = if !allowed {
-        ("skipped", Some("category off".to_owned()), None)
+) -> Option<Outcome> {
+    if !allowed {
+        Some(Outcome::decided(
+            notification_id,
+            channel,
+            target,
+            "skipped",
+            "category off".into(),
+        ))
     } else if !configured {
-        ("skipped", Some(NOT_CONFIGURED.to_owned()), None)
-    } else if let Some(until) = quiet_until {
-        (
-            "deferred",
-            Some(format!("quiet hours until {}", until.to_rfc3339())),
-            Some(until),
-        )
+        Some(Outcome::decided(
+            notification_id,
+            channel,
+            target,
+            "skipped",
+            NOT_CONFIGURED.into(),
+        ))
     } else {
-        ("pending", None, None)
-    };
-    Planned {
-        notification_id,
-        channel,
-        target: target.to_owned(),
-        status,
-        detail,
-        deferred_until,
+        let until = quiet_until?;
+        let mut deferred = Outcome::decided(
+            notification_id,
+            channel,
+            target,
+            "deferred",
+            format!("quiet hours until {}", until.to_rfc3339()),
+        );
+        deferred.deferred_until = Some(until);
+        Some(deferred)
     }
 }
 
-/// Inserts the planned rows that do not exist yet and returns every row of the notifications.
-/// A notification with new deferred rows enqueues `notify.deliver` again for the end of its
-/// quiet hours, in the same transaction, so a crash cannot leave a deferral without its wake-up.
-async fn record_plan(ctx: &JobContext, plan: &[Planned]) -> Result<Vec<Row_>, JobError> {
-    let mut notification_ids: Vec<Uuid> = plan.iter().map(|p| p.notification_id).collect();
-    notification_ids.dedup();
-    let mut tx = JobTx::begin(&ctx.services).await?;
-    let rows = sqlx::query(
-        "WITH plan AS (
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                                  $6::text[], $7::timestamptz[])
-                 AS p(id, notification_id, channel, target, status, detail, deferred_until)
-         ), inserted AS (
-             INSERT INTO notification_deliveries
-                 (id, notification_id, channel, target, send_id, status, detail, deferred_until)
-             SELECT id, notification_id, channel, target, notification_id::text, status, detail,
-                    deferred_until
-             FROM plan
-             ON CONFLICT (notification_id, channel, target) DO NOTHING
-             RETURNING id, notification_id, channel, target, send_id, status, deferred_until,
-                       true AS inserted
-         ), known AS (
-             -- The statement's snapshot does not see the rows inserted above: no overlap.
-             SELECT id, notification_id, channel, target, send_id, status, deferred_until,
-                    false AS inserted
-             FROM notification_deliveries WHERE notification_id = ANY($8)
-         )
-         SELECT r.*, d.app_id, d.environment = 'sandbox' AS sandbox, d.enabled AS device_enabled
-         FROM (SELECT * FROM inserted UNION ALL SELECT * FROM known) r
-         LEFT JOIN devices d ON r.channel <> 'email' AND d.token = r.target",
+fn not_configured(due: &Due) -> Outcome {
+    Outcome::decided(
+        due.notification_id,
+        due.channel,
+        &due.target,
+        "skipped",
+        NOT_CONFIGURED.into(),
     )
-    .bind(plan.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.notification_id).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.channel).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.target.as_str()).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.status).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.detail.as_deref()).collect::<Vec<_>>())
-    .bind(plan.iter().map(|p| p.deferred_until).collect::<Vec<_>>())
-    .bind(&notification_ids)
-    .fetch_all(tx.conn())
-    .await?;
-    let rows: Vec<Row_> = rows
-        .iter()
-        .map(|r| Row_ {
-            id: r.get("id"),
-            notification_id: r.get("notification_id"),
-            channel: r.get("channel"),
-            target: r.get("target"),
-            send_id: r.get("send_id"),
-            status: r.get("status"),
-            deferred_until: r.get("deferred_until"),
-            inserted: r.get("inserted"),
-            app_id: r.get("app_id"),
-            sandbox: r.get::<Option<bool>, _>("sandbox").unwrap_or(false),
-            device_enabled: r.get("device_enabled"),
-        })
-        .collect();
-    // Each notification wakes at its latest new deferral.
-    let mut wake_ups: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-    for row in rows.iter().filter(|r| r.inserted) {
-        if let Some(at) = row.deferred_until {
-            let wake = wake_ups.entry(row.notification_id).or_insert(at);
-            *wake = (*wake).max(at);
-        }
-    }
-    for (notification_id, at) in wake_ups {
-        tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(rows)
 }
 
-fn skipped(id: Uuid) -> Settled {
-    Settled {
-        id,
-        status: "skipped",
-        detail: Some(NOT_CONFIGURED.into()),
-        disable: None,
+/// What was sent, with the outcome still to fill in.
+fn attempted(due: &Due, status: &'static str) -> Outcome {
+    Outcome {
+        notification_id: due.notification_id,
+        channel: due.channel,
+        target: due.target.clone(),
+        status,
+        detail: None,
+        deferred_until: due.deferred_until,
+        attempted: true,
+        dead_token: false,
         retry_after: None,
     }
 }
 
-fn settle_push(row: &Row_, outcome: PushOutcome) -> Settled {
-    metrics::counter!("groundcrew_notify_sends_total", "channel" => row.channel.clone(),
+fn settle_push(due: &Due, outcome: PushOutcome) -> Outcome {
+    metrics::counter!("groundcrew_notify_sends_total", "channel" => due.channel,
     "outcome" => match &outcome {
         PushOutcome::Sent => "sent",
         PushOutcome::InvalidToken(_) => "invalid_token",
@@ -435,46 +495,42 @@ fn settle_push(row: &Row_, outcome: PushOutcome) -> Settled {
         PushOutcome::Failed(_) => "failed",
     })
     .increment(1);
-    let mut settled = Settled {
-        id: row.id,
-        status: "failed",
-        detail: None,
-        disable: None,
-        retry_after: None,
-    };
     match outcome {
-        PushOutcome::Sent => settled.status = "sent",
-        PushOutcome::InvalidToken(detail) => {
-            settled.disable = Some(row.target.clone());
-            settled.detail = Some(detail);
-        }
-        PushOutcome::Retry { detail, after } => {
-            settled.status = "pending";
-            settled.detail = Some(detail);
-            settled.retry_after = Some(after);
-        }
-        PushOutcome::Failed(detail) => settled.detail = Some(detail),
+        PushOutcome::Sent => attempted(due, "sent"),
+        PushOutcome::InvalidToken(detail) => Outcome {
+            detail: Some(detail),
+            dead_token: true,
+            ..attempted(due, "failed")
+        },
+        PushOutcome::Retry { detail, after } => Outcome {
+            detail: Some(detail),
+            retry_after: Some(after),
+            ..attempted(due, "pending")
+        },
+        PushOutcome::Failed(detail) => Outcome {
+            detail: Some(detail),
+            ..attempted(due, "failed")
+        },
     }
-    settled
 }
 
 async fn send_email(
     ctx: &JobContext,
-    row: &Row_,
+    due: &Due,
     spec: &EmailSpec,
     user_id: Uuid,
     handle: Option<String>,
-) -> Settled {
+) -> Outcome {
     let mailer = &ctx.services.notify.mailer;
     let unsubscribe_url = mailer.unsubscribe_url(user_id);
-    let mut vars = json!({"handle": handle, "email": row.target});
+    let mut vars = json!({"handle": handle, "email": due.target});
     if let (Some(vars), Some(given)) = (vars.as_object_mut(), spec.vars.as_object()) {
         vars.extend(given.clone());
         vars.insert("unsubscribe_url".into(), json!(unsubscribe_url));
     }
     let outgoing = Outgoing {
-        to: &row.target,
-        send_id: &row.send_id,
+        to: &due.target,
+        send_id: &due.send_id,
         template: &spec.template,
         vars: &vars,
     };
@@ -489,73 +545,132 @@ async fn send_email(
         MailOutcome::Failed(_) => "failed",
     })
     .increment(1);
-    let (status, detail, retry_after) = match outcome {
-        MailOutcome::Sent => ("sent", None, None),
-        MailOutcome::Retry(detail) => ("pending", Some(detail), Some(None)),
-        MailOutcome::Failed(detail) => ("failed", Some(detail), None),
-    };
-    Settled {
-        id: row.id,
-        status,
-        detail,
-        disable: None,
-        retry_after,
+    match outcome {
+        MailOutcome::Sent => attempted(due, "sent"),
+        MailOutcome::Retry(detail) => Outcome {
+            detail: Some(detail),
+            retry_after: Some(None),
+            ..attempted(due, "pending")
+        },
+        MailOutcome::Failed(detail) => Outcome {
+            detail: Some(detail),
+            ..attempted(due, "failed")
+        },
     }
 }
 
-/// Writes every outcome in one statement, disables dead tokens, and turns transient failures
-/// into a retry of the job (the last attempt marks them failed instead).
-async fn record_outcomes(ctx: &JobContext, settled: &[Settled]) -> Result<(), JobError> {
-    if settled.is_empty() {
+/// Writes every outcome in one upsert, in one transaction with the wake-ups of new deferrals
+/// (a crash cannot leave a deferral without its wake-up) and the disabling of dead tokens;
+/// then turns transient failures into a retry of the job (the last attempt marks them failed
+/// instead).
+async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), JobError> {
+    if outcomes.is_empty() {
         return Ok(());
     }
     let last_attempt = ctx.attempt >= ctx.max_attempts;
-    let status = |s: &Settled| {
-        if s.status == "pending" && last_attempt {
+    let status = |o: &Outcome| {
+        if o.status == "pending" && last_attempt {
             "failed"
         } else {
-            s.status
+            o.status
         }
     };
+    let mut tx = JobTx::begin(&ctx.services).await?;
+    // A row once `sent` stays so: a late run (a stopped worker's) cannot write it back.
     sqlx::query(
-        "UPDATE notification_deliveries d
-         SET status = o.status, detail = o.detail, attempts = d.attempts + 1, updated_at = now()
-         FROM unnest($1::uuid[], $2::text[], $3::text[]) AS o(id, status, detail)
-         WHERE d.id = o.id",
+        "INSERT INTO notification_deliveries AS d
+             (id, notification_id, channel, target, send_id, status, detail, deferred_until,
+              attempts)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::timestamptz[], $9::int[])
+         ON CONFLICT (notification_id, channel, target) DO UPDATE
+         SET status = EXCLUDED.status, detail = EXCLUDED.detail,
+             deferred_until = COALESCE(EXCLUDED.deferred_until, d.deferred_until),
+             attempts = d.attempts + EXCLUDED.attempts, updated_at = now()
+         WHERE d.status <> 'sent'",
     )
-    .bind(settled.iter().map(|s| s.id).collect::<Vec<_>>())
-    .bind(settled.iter().map(status).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
     .bind(
-        settled
+        outcomes
             .iter()
-            .map(|s| s.detail.as_deref())
+            .map(|o| o.notification_id)
             .collect::<Vec<_>>(),
     )
-    .execute(&ctx.services.db)
+    .bind(outcomes.iter().map(|o| o.channel).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.target.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.notification_id.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(outcomes.iter().map(status).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.detail.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.deferred_until)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| i32::from(o.attempted))
+            .collect::<Vec<_>>(),
+    )
+    .execute(tx.conn())
     .await?;
-    let dead: Vec<(&str, &str)> = settled
-        .iter()
-        .filter_map(|s| Some((s.disable.as_deref()?, s.detail.as_deref().unwrap_or(""))))
-        .collect();
+    let dead: Vec<&Outcome> = outcomes.iter().filter(|o| o.dead_token).collect();
     if !dead.is_empty() {
         sqlx::query(
             "UPDATE devices d SET enabled = false, disabled_reason = o.reason, updated_at = now()
              FROM unnest($1::text[], $2::text[]) AS o(token, reason)
              WHERE d.token = o.token",
         )
-        .bind(dead.iter().map(|d| d.0).collect::<Vec<_>>())
-        .bind(dead.iter().map(|d| d.1).collect::<Vec<_>>())
-        .execute(&ctx.services.db)
+        .bind(dead.iter().map(|o| o.target.as_str()).collect::<Vec<_>>())
+        .bind(
+            dead.iter()
+                .map(|o| o.detail.as_deref().unwrap_or(""))
+                .collect::<Vec<_>>(),
+        )
+        .execute(tx.conn())
         .await?;
     }
-    let retries: Vec<&Settled> = settled.iter().filter(|s| s.retry_after.is_some()).collect();
+    // Each notification wakes at its latest new deferral.
+    let mut wake_ups: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    for o in outcomes.iter().filter(|o| o.status == "deferred") {
+        if let Some(at) = o.deferred_until {
+            let wake = wake_ups.entry(o.notification_id).or_insert(at);
+            *wake = (*wake).max(at);
+        }
+    }
+    for (notification_id, at) in wake_ups {
+        tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
+            .await?;
+    }
+    tx.commit().await?;
+
+    let retries: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.retry_after.is_some())
+        .collect();
     let Some(first) = retries.first() else {
         return Ok(());
     };
     let error = format!(
         "{} of {} sends to retry: {}",
         retries.len(),
-        settled.len(),
+        outcomes.len(),
         first.detail.as_deref().unwrap_or("")
     );
     if last_attempt {
@@ -563,6 +678,6 @@ async fn record_outcomes(ctx: &JobContext, settled: &[Settled]) -> Result<(), Jo
     }
     Err(JobError::Retry {
         error,
-        after: retries.iter().filter_map(|s| s.retry_after.flatten()).max(),
+        after: retries.iter().filter_map(|o| o.retry_after.flatten()).max(),
     })
 }

@@ -7,9 +7,11 @@ use lettre::{
         Mailbox, MultiPart,
         header::{Header, HeaderName, HeaderValue},
     },
+    transport::smtp::PoolConfig,
 };
 use minijinja::Environment;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use super::settings::NotifySettings;
 
@@ -145,10 +147,22 @@ enum Transport {
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
+/// SMTP conversations one process holds at once, and the connections its pool keeps. lettre's
+/// pool opens a new connection whenever none is idle and closes what it cannot keep, so without
+/// this cap every batch beyond the pool's size connected, greeted and quit per message (and
+/// 100 at once overflowed a local server's listen backlog); with it every send reuses a
+/// connection.
+const SMTP_CONNECTIONS: u32 = 10;
+/// How long an email waits for a free connection before it is left `pending` for the job's
+/// retry: a third of the delivery job's timeout, so a batch queued behind others still records
+/// what it sent rather than being cut off and sending it all again.
+const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 pub struct Mailer {
     transport: Transport,
     from: Mailbox,
     templates: Environment<'static>,
+    in_flight: Semaphore,
 }
 
 /// One email to build and send.
@@ -171,6 +185,7 @@ impl Mailer {
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     // The URL carries credentials: never echo it.
                     .map_err(|e| format!("GROUNDCREW_SMTP_URL: {e}"))?
+                    .pool_config(PoolConfig::new().max_size(SMTP_CONNECTIONS))
                     .build(),
             ),
             None => {
@@ -184,6 +199,7 @@ impl Mailer {
             transport,
             from,
             templates: environment(),
+            in_flight: Semaphore::new(SMTP_CONNECTIONS as usize),
         })
     }
 
@@ -217,6 +233,14 @@ impl Mailer {
     }
 
     pub async fn send(&self, message: Message) -> MailOutcome {
+        let Ok(permit) = tokio::time::timeout(CONNECTION_WAIT, self.in_flight.acquire()).await
+        else {
+            return MailOutcome::Retry(format!(
+                "no SMTP connection free within {} s",
+                CONNECTION_WAIT.as_secs()
+            ));
+        };
+        let _permit = permit.expect("never closed");
         match &self.transport {
             Transport::Smtp(smtp) => match smtp.send(message).await {
                 Ok(_) => MailOutcome::Sent,

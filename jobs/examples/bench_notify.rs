@@ -2,6 +2,8 @@
 //!
 //! - `apns_bare_h2`: a bare HTTP/2 client (hyper, one connection, 256 streams in flight)
 //!   blasting the local APNs endpoint with the same signed requests — the physical limit here;
+//! - `apns_bare_client`: our APNs client's `send` alone (256 in flight: reqwest, the payload
+//!   built with a2; no queue, no Postgres) — what the client costs over the bare writes;
 //! - `apns_worker`: notifications through `notify.deliver` on an in-process notify pool
 //!   (preferences, delivery rows, sends, outcomes) to the same endpoint;
 //! - `fcm_bare_client`: our FCM client's `send` alone (256 in flight, no queue, no Postgres)
@@ -69,10 +71,15 @@ async fn main() {
         let bare = bare_h2(&apns, pushes).await;
         report("apns_bare_h2", run, pushes, bare);
         results.push(("apns_bare_h2", pushes as f64 / bare));
+        let apns_client = PushClient::Apns(ApnsClient::new(apns.settings()).expect("client"));
+        let client = bare_client(apns_client, pushes).await;
+        report("apns_bare_client", run, pushes, client);
+        results.push(("apns_bare_client", pushes as f64 / client));
         let ours = through_worker(&env, &users[..pushes], false).await;
         report("apns_worker", run, pushes, ours);
         results.push(("apns_worker", pushes as f64 / ours));
-        let bare = bare_fcm(&fcm, pushes).await;
+        let fcm_client = PushClient::Fcm(FcmClient::new(fcm.settings()).expect("client"));
+        let bare = bare_client(fcm_client, pushes).await;
         report("fcm_bare_client", run, pushes, bare);
         results.push(("fcm_bare_client", pushes as f64 / bare));
         let ours = through_worker(&env, &android_users, false).await;
@@ -85,6 +92,7 @@ async fn main() {
     let mut medians = serde_json::Map::new();
     for name in [
         "apns_bare_h2",
+        "apns_bare_client",
         "apns_worker",
         "fcm_bare_client",
         "fcm_worker",
@@ -255,9 +263,25 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
     .await
 }
 
-/// The FCM client's sends alone, with the payload the worker sends.
-async fn bare_fcm(fcm: &FakeFcm, n: usize) -> f64 {
-    let client = Arc::new(FcmClient::new(fcm.settings()).expect("client"));
+/// A push client benchmarked alone.
+enum PushClient {
+    Apns(ApnsClient),
+    Fcm(FcmClient),
+}
+
+impl PushClient {
+    async fn send(&self, token: &str, message: &PushMessage<'_>) -> PushOutcome {
+        match self {
+            PushClient::Apns(apns) => apns.send(token, false, None, message).await,
+            PushClient::Fcm(fcm) => fcm.send(token, message).await,
+        }
+    }
+}
+
+/// One client's sends alone, with the payload the worker sends: for APNs, what reqwest and a2
+/// add to the bare HTTP/2 writes; for both, the ceiling of the worker without queue or Postgres.
+async fn bare_client(client: PushClient, n: usize) -> f64 {
+    let client = Arc::new(client);
     blast(n, |i| {
         let client = client.clone();
         async move {

@@ -71,14 +71,15 @@ async fn main() {
         let bare = bare_h2(&apns, pushes).await;
         report("apns_bare_h2", run, pushes, bare);
         results.push(("apns_bare_h2", pushes as f64 / bare));
-        let apns_client = PushClient::Apns(ApnsClient::new(apns.settings()).expect("client"));
+        let apns_client =
+            PushClient::Apns(Box::new(ApnsClient::new(apns.settings()).expect("client")));
         let client = bare_client(apns_client, pushes).await;
         report("apns_bare_client", run, pushes, client);
         results.push(("apns_bare_client", pushes as f64 / client));
         let ours = through_worker(&env, &users[..pushes], false).await;
         report("apns_worker", run, pushes, ours);
         results.push(("apns_worker", pushes as f64 / ours));
-        let fcm_client = PushClient::Fcm(FcmClient::new(fcm.settings()).expect("client"));
+        let fcm_client = PushClient::Fcm(Box::new(FcmClient::new(fcm.settings()).expect("client")));
         let bare = bare_client(fcm_client, pushes).await;
         report("fcm_bare_client", run, pushes, bare);
         results.push(("fcm_bare_client", pushes as f64 / bare));
@@ -265,8 +266,8 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
 
 /// A push client benchmarked alone.
 enum PushClient {
-    Apns(ApnsClient),
-    Fcm(FcmClient),
+    Apns(Box<ApnsClient>),
+    Fcm(Box<FcmClient>),
 }
 
 impl PushClient {

@@ -32,9 +32,9 @@ pub enum PushOutcome {
 }
 
 /// Reads `Retry-After` in its delta-seconds form (what APNs and Google send).
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
     headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(hyper::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
@@ -45,7 +45,7 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// A network error never reached a verdict: the push may or may not have arrived, so it is
 /// retried (a repeat carries the same collapse id).
-pub fn network_error(provider: &str, e: &reqwest::Error) -> PushOutcome {
+pub fn network_error(provider: &str, e: &dyn std::fmt::Display) -> PushOutcome {
     PushOutcome::Retry {
         detail: format!("{provider} unreachable: {e}"),
         after: None,

@@ -219,7 +219,7 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
 
     // All at once: pushes are streams on one HTTP/2 connection per provider, and each client
     // (the mailer too) caps what it has in flight for the whole process.
-    // Futures built up front: a closure inside the stream trips rustc's `Send` check of the
+    // Collected before the await: a closure held across it trips rustc's `Send` check of the
     // job's future (rust-lang/rust#102211).
     let sends: Vec<_> = dues.iter().map(|d| send(ctx, &messages, d)).collect();
     outcomes.extend(join_all(sends).await);

@@ -203,7 +203,9 @@ impl Mailer {
         })
     }
 
-    /// `<mailto:…>` to the sender's address: a reply with this subject unsubscribes.
+    /// `<mailto:…>` to the sender's address with the user's id in the subject. Nothing here reads
+    /// that mailbox: whoever runs it adds the address with `PUT /v1/ops/email-suppressions`
+    /// (an HTTPS one-click link, RFC 8058, is not built yet).
     pub fn unsubscribe_url(&self, user_id: uuid::Uuid) -> String {
         format!("mailto:{}?subject=unsubscribe%20{user_id}", self.from.email)
     }

@@ -1,5 +1,6 @@
 //! Devices, preferences and the caller's notifications over HTTP, against real Postgres and
-//! Redis with the notify workers running in-process and no push or email provider configured.
+//! Redis with the notify workers running in-process and no push or email provider configured
+//! (but for the one-click unsubscribe test, which mails through a local SMTP server).
 
 #[allow(dead_code)]
 #[path = "http/helpers.rs"]
@@ -7,12 +8,19 @@ mod helpers;
 #[allow(dead_code)]
 mod social;
 
-use groundcrew_jobs::{Queue, worker::PoolSpec};
+use std::sync::Arc;
+
+use groundcrew_jobs::{
+    Queue,
+    notify::{Providers, settings::NotifySettings, unsubscribe::OneClick},
+    worker::PoolSpec,
+};
+use groundcrew_testkit::{eventually, smtp::SmtpServer};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use helpers::{TestApp, announcement, expect_error};
-use social::{json_with, settled_notifications, signed_up};
+use social::{WITHIN, json_with, settled_notifications, signed_up};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_follower_is_listed_with_its_deliveries() {
@@ -234,4 +242,110 @@ async fn a_suppressed_address_gets_no_email_and_only_admins_change_the_list() {
         .await
         .unwrap();
     assert_eq!(kept, 0, "the address may be mailed again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_one_click_link_turns_off_what_the_email_was_and_nothing_else() {
+    let smtp = SmtpServer::start();
+    let mut app = TestApp::start().await;
+    // The workers sign links with the API's token secret and point them at the API.
+    app.env.services.notify = Arc::new(
+        Providers::new(NotifySettings {
+            apns: None,
+            fcm: None,
+            smtp_url: Some(smtp.url()),
+            mail_from: "groundcrew <noreply@groundcrew.test>".into(),
+            data_dir: std::env::temp_dir().join("gc-unsubscribe-test-data"),
+            one_click: Some(OneClick {
+                public_url: app.base.clone(),
+                secret: helpers::SECRET.into(),
+            }),
+        })
+        .expect("providers"),
+    );
+    let _workers = app.env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 2,
+    }]);
+    let user = signed_up(&app, "leaving", Some("leaving@example.com")).await;
+    let mail = eventually(WITHIN, "the welcome email", || async {
+        smtp.messages().into_iter().next()
+    })
+    .await;
+
+    // RFC 8058: an https-or-http link in List-Unsubscribe, the one-click marker beside it, and
+    // the same link in the body.
+    let header = mail.header("List-Unsubscribe").expect("List-Unsubscribe");
+    let link = header
+        .strip_prefix('<')
+        .and_then(|h| h.strip_suffix('>'))
+        .expect("one <link>")
+        .to_owned();
+    assert!(
+        link.starts_with(&format!("{}/v1/email/unsubscribe?token=", app.base)),
+        "{link}"
+    );
+    assert_eq!(
+        mail.header("List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click")
+    );
+    assert!(mail.text().contains(&link), "the body links it too");
+
+    // Opening the link only shows the button; preferences stay as they were.
+    let page = app.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().await.unwrap().contains("<form method=\"post\""));
+    let preferences = || async {
+        json_with(
+            app.get("/v1/me/notification-preferences", Some(&user.token))
+                .await,
+            StatusCode::OK,
+        )
+        .await
+    };
+    assert_eq!(preferences().await["categories"]["social"], true);
+
+    // What a mail client sends; twice changes nothing more.
+    for _ in 0..2 {
+        let resp = app
+            .http
+            .post(&link)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("List-Unsubscribe=One-Click")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            json_with(resp, StatusCode::OK).await,
+            json!({"unsubscribed": "social"})
+        );
+    }
+    let after = preferences().await;
+    assert_eq!(after["categories"]["social"], false, "{after}");
+    assert_eq!(
+        after["categories"]["picks"], true,
+        "only the email's category"
+    );
+    assert_eq!(after["email_digest"], "weekly");
+
+    // A link altered or signed by someone else unsubscribes nobody.
+    let token = link.split("token=").nth(1).unwrap();
+    let forged = format!("{}A", &token[..token.len() - 1]);
+    let forged = if forged == token {
+        format!("{}B", &token[..token.len() - 1])
+    } else {
+        forged
+    };
+    for bad in [forged.as_str(), "not-a-token"] {
+        expect_error(
+            app.http
+                .post(format!("{}/v1/email/unsubscribe?token={bad}", app.base))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "invalid_token",
+        )
+        .await;
+    }
 }

@@ -360,6 +360,7 @@ async fn a_new_user_verifies_and_gets_the_badge_a_push_and_an_email() {
         smtp_url: Some(smtp.url()),
         mail_from: "groundcrew <noreply@groundcrew.test>".into(),
         data_dir: std::env::temp_dir().join("gc-verification-test-data"),
+        one_click: None,
     };
     let app = app(
         VerificationSettings {

@@ -60,6 +60,7 @@ async fn main() {
             smtp_url: Some(smtp.url()),
             mail_from: "groundcrew <noreply@groundcrew.test>".into(),
             data_dir: std::env::temp_dir(),
+            one_click: None,
         })
         .expect("providers"),
     );

@@ -36,6 +36,7 @@ fn settings(
         smtp_url: smtp.map(SmtpServer::url),
         mail_from: "groundcrew <noreply@groundcrew.test>".into(),
         data_dir: std::env::temp_dir().join("gc-notify-test-data"),
+        one_click: None,
     }
 }
 

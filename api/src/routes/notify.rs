@@ -3,9 +3,16 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, NaiveTime, Utc};
-use groundcrew_jobs::notify::preferences::Categories;
+use groundcrew_jobs::notify::{
+    preferences::Categories,
+    unsubscribe::{self, Unsubscribed},
+};
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, param::Query, payload::Json};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Path, Query},
+    payload::{Html, Json},
+};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -189,6 +196,37 @@ route_error!(
     /// Failures of `DELETE /v1/ops/email-suppressions/{email}`.
     UnsuppressError: 400, 401, 403, 422, 429, 503
 );
+
+route_error!(
+    /// Failures of `GET` and `POST /v1/email/unsubscribe`.
+    UnsubscribeError: 400, 404, 429, 503
+);
+
+/// What a one-click unsubscribe turned off.
+#[derive(Debug, Object)]
+pub struct UnsubscribeResult {
+    /// `digest` (the weekly digest email), or the category the email belonged to (`social`,
+    /// `picks`, `payments`, `verification`, `marketing`), now off in the user's preferences.
+    pub unsubscribed: String,
+}
+
+/// The notification an unsubscribe token names, or 400 when it does not verify (wrong or
+/// altered token, or no `GROUNDCREW_JWT_SECRET` to check it with).
+fn unsubscribe_token(state: &ApiState, token: &str) -> Result<Uuid, ApiError> {
+    state
+        .config
+        .auth
+        .jwt_secret
+        .as_deref()
+        .and_then(|secret| unsubscribe::verify(secret, token))
+        .ok_or_else(|| {
+            ApiError::new(
+                poem::http::StatusCode::BAD_REQUEST,
+                "invalid_token",
+                "not an unsubscribe link of this service",
+            )
+        })
+}
 
 /// Who may change the suppression list.
 const SUPPRESSION_WRITERS: &[Role] = &[Role::Admin];
@@ -465,6 +503,61 @@ impl NotifyApi {
             })
             .flatten();
         Ok(Json(NotificationPage { items, next_cursor }))
+    }
+
+    /// Unsubscribe in one click (RFC 8058)
+    ///
+    /// The link every email carries, in its body and its `List-Unsubscribe` header (with
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click`), when `GROUNDCREW_PUBLIC_URL` is set.
+    /// No bearer token: the signed `token` is the authority. Turns off what the email was —
+    /// the weekly digest, or the email's category — in the user's preferences, where the app
+    /// can turn it back on. Idempotent. Mail clients POST `List-Unsubscribe=One-Click` as a
+    /// form; the body is not read.
+    #[oai(
+        path = "/v1/email/unsubscribe",
+        method = "post",
+        operation_id = "unsubscribe_one_click"
+    )]
+    async fn unsubscribe_one_click(
+        &self,
+        state: Data<&ApiState>,
+        #[oai(validator(max_length = 128))] token: Query<String>,
+    ) -> Result<Json<UnsubscribeResult>, UnsubscribeError> {
+        let notification_id = unsubscribe_token(&state, &token.0)?;
+        let unsubscribed = unsubscribe::unsubscribe(&state.services.db, notification_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("not_found", "the email's notification is gone"))?;
+        Ok(Json(UnsubscribeResult {
+            unsubscribed: match unsubscribed {
+                Unsubscribed::Digest => "digest".into(),
+                Unsubscribed::Category(category) => category,
+            },
+        }))
+    }
+
+    /// The unsubscribe page
+    ///
+    /// What the link in an email's body opens: a page with one button that POSTs to the same
+    /// link. Opening it changes nothing, so link scanners cannot unsubscribe anyone.
+    #[oai(
+        path = "/v1/email/unsubscribe",
+        method = "get",
+        operation_id = "unsubscribe_page"
+    )]
+    async fn unsubscribe_page(
+        &self,
+        state: Data<&ApiState>,
+        #[oai(validator(max_length = 128))] token: Query<String>,
+    ) -> Result<Html<String>, UnsubscribeError> {
+        unsubscribe_token(&state, &token.0)?;
+        // The token verified, so it is URL-safe base64: nothing in it needs escaping.
+        Ok(Html(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>Unsubscribe</title></head>\
+             <body><form method=\"post\" action=\"?token={}\">\
+             <p>Stop emails like this one?</p><button type=\"submit\">Unsubscribe</button>\
+             </form></body></html>",
+            token.0
+        )))
     }
 
     /// Stop email to an address (admin)

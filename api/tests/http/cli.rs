@@ -11,27 +11,44 @@ fn api() -> Command {
     cmd
 }
 
-#[test]
-fn serve_names_the_missing_secret() {
-    let out = api().arg("serve").output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("GROUNDCREW_JWT_SECRET"), "{stderr}");
-}
-
-#[test]
-fn serve_names_a_bad_trusted_proxy() {
+/// Runs `api serve` with `env` and expects it to stop with every one of `named` on stderr.
+fn serve_refuses(env: &[(&str, &str)], named: &[&str]) {
     let out = api()
         .arg("serve")
-        .env("GROUNDCREW_JWT_SECRET", "cli-secret")
-        .env("GROUNDCREW_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("GROUNDCREW_TRUSTED_PROXIES") && stderr.contains("lb.internal"),
-        "{stderr}"
+    for name in named {
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn serve_names_the_missing_secret() {
+    serve_refuses(&[], &["GROUNDCREW_JWT_SECRET"]);
+}
+
+#[test]
+fn serve_names_a_bad_trusted_proxy() {
+    serve_refuses(
+        &[
+            ("GROUNDCREW_JWT_SECRET", "cli-secret"),
+            ("GROUNDCREW_TRUSTED_PROXIES", "10.0.0.0/8, lb.internal"),
+        ],
+        &["GROUNDCREW_TRUSTED_PROXIES", "lb.internal"],
+    );
+}
+
+#[test]
+fn serve_names_a_public_url_without_a_scheme() {
+    serve_refuses(
+        &[
+            ("GROUNDCREW_JWT_SECRET", "cli-secret"),
+            ("GROUNDCREW_PUBLIC_URL", "api.example.com"),
+        ],
+        &["GROUNDCREW_PUBLIC_URL", "https://"],
     );
 }
 

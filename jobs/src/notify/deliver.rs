@@ -522,7 +522,7 @@ async fn send_email(
     handle: Option<String>,
 ) -> Outcome {
     let mailer = &ctx.services.notify.mailer;
-    let unsubscribe_url = mailer.unsubscribe_url(user_id);
+    let unsubscribe_url = mailer.unsubscribe_url(user_id, due.notification_id);
     let mut vars = json!({"handle": handle, "email": due.target});
     if let (Some(vars), Some(given)) = (vars.as_object_mut(), spec.vars.as_object()) {
         vars.extend(given.clone());

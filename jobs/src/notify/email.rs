@@ -13,7 +13,7 @@ use minijinja::Environment;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-use super::settings::NotifySettings;
+use super::{settings::NotifySettings, unsubscribe::OneClick};
 
 /// Every template: `<name>.subject.txt`, `<name>.txt` and `<name>.html`.
 const TEMPLATES: &[(&str, &str)] = &[
@@ -120,6 +120,11 @@ pub fn render(env: &Environment<'_>, template: &str, vars: &Value) -> Result<Ren
 #[derive(Clone)]
 struct ListUnsubscribe(String);
 
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058): the client may POST to the
+/// https link itself, without opening a page.
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
 impl Header for ListUnsubscribe {
     fn name() -> HeaderName {
         HeaderName::new_from_ascii_str("List-Unsubscribe")
@@ -131,6 +136,20 @@ impl Header for ListUnsubscribe {
 
     fn display(&self) -> HeaderValue {
         HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".into())
     }
 }
 
@@ -163,6 +182,7 @@ pub struct Mailer {
     from: Mailbox,
     templates: Environment<'static>,
     in_flight: Semaphore,
+    one_click: Option<OneClick>,
 }
 
 /// One email to build and send.
@@ -200,14 +220,18 @@ impl Mailer {
             from,
             templates: environment(),
             in_flight: Semaphore::new(SMTP_CONNECTIONS as usize),
+            one_click: settings.one_click.clone(),
         })
     }
 
-    /// `<mailto:…>` to the sender's address with the user's id in the subject. Nothing here reads
-    /// that mailbox: whoever runs it adds the address with `PUT /v1/ops/email-suppressions`
-    /// (an HTTPS one-click link, RFC 8058, is not built yet).
-    pub fn unsubscribe_url(&self, user_id: uuid::Uuid) -> String {
-        format!("mailto:{}?subject=unsubscribe%20{user_id}", self.from.email)
+    /// The signed one-click link to the API (see `unsubscribe`), or without
+    /// `GROUNDCREW_PUBLIC_URL` a `mailto:` to the sender with the user's id in the subject,
+    /// which nothing here reads: whoever runs that mailbox suppresses the address by hand.
+    pub fn unsubscribe_url(&self, user_id: uuid::Uuid, notification_id: uuid::Uuid) -> String {
+        match &self.one_click {
+            Some(one_click) => one_click.url(notification_id),
+            None => format!("mailto:{}?subject=unsubscribe%20{user_id}", self.from.email),
+        }
     }
 
     /// The message as it goes on the wire.
@@ -217,7 +241,11 @@ impl Mailer {
             .parse()
             .map_err(|e| format!("bad address {:?}: {e}", email.to))?;
         let rendered = render(&self.templates, email.template, email.vars)?;
-        Message::builder()
+        let mut message = Message::builder();
+        if self.one_click.is_some() {
+            message = message.header(ListUnsubscribePost);
+        }
+        message
             .from(self.from.clone())
             .to(to)
             .subject(rendered.subject)

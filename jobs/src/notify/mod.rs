@@ -11,6 +11,7 @@ pub mod fcm;
 pub mod preferences;
 pub mod push;
 pub mod settings;
+pub mod unsubscribe;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -7,6 +7,7 @@ use std::{fmt, path::PathBuf};
 
 use serde::Deserialize;
 
+use super::unsubscribe::OneClick;
 use crate::settings::{ConfigError, env_string};
 
 #[derive(Clone, Debug)]
@@ -18,6 +19,8 @@ pub struct NotifySettings {
     pub mail_from: String,
     /// Where the file transport writes (`<data dir>/mail`).
     pub data_dir: PathBuf,
+    /// One-click unsubscribe links (`GROUNDCREW_PUBLIC_URL`); `None`: a `mailto:` to the sender.
+    pub one_click: Option<OneClick>,
 }
 
 #[derive(Clone)]
@@ -102,7 +105,29 @@ impl NotifySettings {
             smtp_url: optional("GROUNDCREW_SMTP_URL"),
             mail_from: env_string("GROUNDCREW_MAIL_FROM", DEFAULT_MAIL_FROM),
             data_dir: PathBuf::from(env_string("GROUNDCREW_DATA_DIR", "./data")),
+            one_click: Self::one_click_from_env()?,
         })
+    }
+
+    /// The API's public URL for unsubscribe links, signed with the API's token secret.
+    fn one_click_from_env() -> Result<Option<OneClick>, ConfigError> {
+        let variable = "GROUNDCREW_PUBLIC_URL";
+        let Some(public_url) = optional(variable) else {
+            return Ok(None);
+        };
+        if !(public_url.starts_with("https://") || public_url.starts_with("http://")) {
+            return Err(config_error(
+                variable,
+                "an http(s) URL, e.g. https://api.example.com",
+            ));
+        }
+        let Some(secret) = optional("GROUNDCREW_JWT_SECRET") else {
+            return Err(config_error(
+                "GROUNDCREW_JWT_SECRET",
+                "unsubscribe links (GROUNDCREW_PUBLIC_URL is set) are signed with it",
+            ));
+        };
+        Ok(Some(OneClick { public_url, secret }))
     }
 
     /// All four token-auth variables, or none of them.

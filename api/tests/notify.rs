@@ -12,7 +12,11 @@ use std::sync::Arc;
 
 use groundcrew_jobs::{
     Queue,
-    notify::{Providers, settings::NotifySettings, unsubscribe::OneClick},
+    notify::{
+        Providers,
+        settings::{NotifySettings, SmtpPool},
+        unsubscribe::OneClick,
+    },
     worker::PoolSpec,
 };
 use groundcrew_testkit::{eventually, smtp::SmtpServer};
@@ -254,6 +258,7 @@ async fn the_one_click_link_turns_off_what_the_email_was_and_nothing_else() {
             apns: None,
             fcm: None,
             smtp_url: Some(smtp.url()),
+            smtp_pool: SmtpPool::default(),
             mail_from: "groundcrew <noreply@groundcrew.test>".into(),
             data_dir: std::env::temp_dir().join("gc-unsubscribe-test-data"),
             one_click: Some(OneClick {

@@ -11,7 +11,10 @@ use std::{sync::Arc, time::Duration};
 use groundcrew_api::{ApiState, auth::issue_token};
 use groundcrew_jobs::{
     Queue, Services,
-    notify::{Providers, settings::NotifySettings},
+    notify::{
+        Providers,
+        settings::{NotifySettings, SmtpPool},
+    },
     verification::VerificationSettings,
     webhooks::signature::{TOLERANCE_SECONDS, sign_standard, sign_timestamped_hex},
     worker::PoolSpec,
@@ -358,6 +361,7 @@ async fn a_new_user_verifies_and_gets_the_badge_a_push_and_an_email() {
         apns: Some(apns.settings()),
         fcm: None,
         smtp_url: Some(smtp.url()),
+        smtp_pool: SmtpPool::default(),
         mail_from: "groundcrew <noreply@groundcrew.test>".into(),
         data_dir: std::env::temp_dir().join("gc-verification-test-data"),
         one_click: None,

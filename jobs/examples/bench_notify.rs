@@ -27,7 +27,7 @@ use groundcrew_jobs::{
         fcm::FcmClient,
         notify_many,
         push::{PushMessage, PushOutcome},
-        settings::NotifySettings,
+        settings::{NotifySettings, SmtpPool},
     },
     worker::PoolSpec,
 };
@@ -58,6 +58,7 @@ async fn main() {
             apns: Some(apns.settings()),
             fcm: Some(fcm.settings()),
             smtp_url: Some(smtp.url()),
+            smtp_pool: SmtpPool::default(),
             mail_from: "groundcrew <noreply@groundcrew.test>".into(),
             data_dir: std::env::temp_dir(),
             one_click: None,
@@ -182,15 +183,11 @@ async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
     }
     let secs = started.elapsed().as_secs_f64();
     workers.shutdown().await;
-    let sent: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM notification_deliveries
-         WHERE notification_id = ANY($1) AND status = 'sent'",
-    )
-    .bind(&ids)
-    .fetch_one(&env.services.db)
-    .await
-    .unwrap();
-    assert_eq!(sent as usize, users.len(), "every notification delivered");
+    assert_eq!(
+        env.sent_deliveries(&ids).await,
+        users.len(),
+        "every notification delivered"
+    );
     secs
 }
 

@@ -9,7 +9,7 @@ use groundcrew_jobs::{
     JobTx, Queue,
     notify::{
         Category, Deliver, Notification, Providers, SendWeeklyDigests, notify, notify_many,
-        settings::NotifySettings,
+        settings::{NotifySettings, SmtpPool},
     },
     worker::PoolSpec,
 };
@@ -34,6 +34,7 @@ fn settings(
         apns: apns.map(FakeApns::settings),
         fcm: fcm.map(FakeFcm::settings),
         smtp_url: smtp.map(SmtpServer::url),
+        smtp_pool: SmtpPool::default(),
         mail_from: "groundcrew <noreply@groundcrew.test>".into(),
         data_dir: std::env::temp_dir().join("gc-notify-test-data"),
         one_click: None,
@@ -662,4 +663,50 @@ async fn without_credentials_deliveries_are_skipped_as_not_configured() {
             ("skipped", Some("provider not configured"))
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emails_beyond_the_smtp_pool_wait_for_a_later_job_and_arrive_once() {
+    let smtp = SmtpServer::start();
+    // One connection and no patience: most of the batch finds it busy.
+    let mut tight = settings(None, None, Some(&smtp));
+    tight.smtp_pool = SmtpPool {
+        connections: 1,
+        wait: Duration::from_millis(1),
+    };
+    let (env, _workers) = env_with(tight).await;
+    let mut users = Vec::new();
+    for i in 0..30 {
+        users.push(user(&env, Some(&format!("crowd{i}@example.test")), "UTC").await);
+    }
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let ids = notify_many(
+        &mut tx,
+        users
+            .iter()
+            .map(|u| {
+                Notification::new(*u, Category::Social, "Welcome", "hi")
+                    .email("welcome", json!({}))
+                    .without_push()
+            })
+            .collect(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    // Every delivery ends sent, none failed for having waited (no attempt is spent on it).
+    eventually(WITHIN, "every email sent", || async {
+        (env.sent_deliveries(&ids).await == 30).then_some(())
+    })
+    .await;
+    let mut recipients: Vec<String> = smtp
+        .messages()
+        .into_iter()
+        .flat_map(|m| m.rcpt_to)
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(smtp.messages().len(), 30, "each email once");
+    assert_eq!(recipients.len(), 30);
 }

@@ -159,6 +159,19 @@ impl TestEnv {
             .expect("insert user");
         id
     }
+
+    /// How many of these notifications' deliveries are `sent`.
+    pub async fn sent_deliveries(&self, notification_ids: &[uuid::Uuid]) -> usize {
+        let sent: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM notification_deliveries
+             WHERE notification_id = ANY($1) AND status = 'sent'",
+        )
+        .bind(notification_ids)
+        .fetch_one(&self.services.db)
+        .await
+        .expect("count sent deliveries");
+        sent as usize
+    }
 }
 
 impl Drop for TestEnv {

@@ -113,6 +113,8 @@ struct Outcome {
     dead_token: bool,
     /// Transient failure: `Some(the delay the provider asked for)`.
     retry_after: Option<Option<Duration>>,
+    /// Not tried for want of a free SMTP connection: a later job continues it.
+    continued: bool,
 }
 
 impl Outcome {
@@ -134,6 +136,7 @@ impl Outcome {
             attempted: false,
             dead_token: false,
             retry_after: None,
+            continued: false,
         }
     }
 }
@@ -483,6 +486,7 @@ fn attempted(due: &Due, status: &'static str) -> Outcome {
         attempted: true,
         dead_token: false,
         retry_after: None,
+        continued: false,
     }
 }
 
@@ -543,6 +547,7 @@ async fn send_email(
         MailOutcome::Sent => "sent",
         MailOutcome::Retry(_) => "retry",
         MailOutcome::Failed(_) => "failed",
+        MailOutcome::Busy => "busy",
     })
     .increment(1);
     match outcome {
@@ -556,20 +561,30 @@ async fn send_email(
             detail: Some(detail),
             ..attempted(due, "failed")
         },
+        MailOutcome::Busy => Outcome {
+            detail: Some("waiting for an SMTP connection".into()),
+            attempted: false,
+            continued: true,
+            ..attempted(due, "pending")
+        },
     }
 }
 
 /// Writes every outcome in one upsert, in one transaction with the wake-ups of new deferrals
-/// (a crash cannot leave a deferral without its wake-up) and the disabling of dead tokens;
-/// then turns transient failures into a retry of the job (the last attempt marks them failed
-/// instead).
+/// (a crash cannot leave a deferral without its wake-up), the disabling of dead tokens and the
+/// job that continues emails no connection was free for; then turns transient failures into a
+/// retry of the job (the last attempt marks them failed instead).
 async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), JobError> {
     if outcomes.is_empty() {
         return Ok(());
     }
     let last_attempt = ctx.attempt >= ctx.max_attempts;
+    let retries: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.retry_after.is_some())
+        .collect();
     let status = |o: &Outcome| {
-        if o.status == "pending" && last_attempt {
+        if o.status == "pending" && last_attempt && !o.continued {
             "failed"
         } else {
             o.status
@@ -658,12 +673,24 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
         tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
             .await?;
     }
+    // Emails that found every connection busy are no failure and cost no attempt: a new job
+    // sends them, unless this one is retried anyway (its re-run sends every pending row).
+    if retries.is_empty() || last_attempt {
+        let mut waiting: Vec<Uuid> = outcomes
+            .iter()
+            .filter(|o| o.continued)
+            .map(|o| o.notification_id)
+            .collect();
+        waiting.dedup();
+        for chunk in waiting.chunks(BATCH) {
+            tx.enqueue(&DeliverBatch {
+                notification_ids: chunk.to_vec(),
+            })
+            .await?;
+        }
+    }
     tx.commit().await?;
 
-    let retries: Vec<&Outcome> = outcomes
-        .iter()
-        .filter(|o| o.retry_after.is_some())
-        .collect();
     let Some(first) = retries.first() else {
         return Ok(());
     };

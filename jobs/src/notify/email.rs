@@ -159,6 +159,9 @@ pub enum MailOutcome {
     Sent,
     Retry(String),
     Failed(String),
+    /// Not sent: every connection stayed busy for the whole wait. Nothing went wrong; the
+    /// delivery continues later.
+    Busy,
 }
 
 enum Transport {
@@ -166,22 +169,16 @@ enum Transport {
     File(AsyncFileTransport<Tokio1Executor>),
 }
 
-/// SMTP conversations one process holds at once, and the connections its pool keeps. lettre's
-/// pool opens a new connection whenever none is idle and closes what it cannot keep, so without
-/// this cap every batch beyond the pool's size connected, greeted and quit per message (and
-/// 100 at once overflowed a local server's listen backlog); with it every send reuses a
-/// connection.
-const SMTP_CONNECTIONS: u32 = 10;
-/// How long an email waits for a free connection before it is left `pending` for the job's
-/// retry: a third of the delivery job's timeout, so a batch queued behind others still records
-/// what it sent rather than being cut off and sending it all again.
-const CONNECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
-
+/// Sends hold one of `SmtpPool::connections` permits. lettre's pool opens a new connection
+/// whenever none is idle and closes what it cannot keep, so without the cap every send beyond
+/// the pool's size connected, greeted and quit per message (and 100 at once overflowed a local
+/// server's listen backlog); with it every send reuses a connection.
 pub struct Mailer {
     transport: Transport,
     from: Mailbox,
     templates: Environment<'static>,
     in_flight: Semaphore,
+    wait: std::time::Duration,
     one_click: Option<OneClick>,
 }
 
@@ -205,7 +202,7 @@ impl Mailer {
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                     // The URL carries credentials: never echo it.
                     .map_err(|e| format!("GROUNDCREW_SMTP_URL: {e}"))?
-                    .pool_config(PoolConfig::new().max_size(SMTP_CONNECTIONS))
+                    .pool_config(PoolConfig::new().max_size(settings.smtp_pool.connections as u32))
                     .build(),
             ),
             None => {
@@ -219,7 +216,8 @@ impl Mailer {
             transport,
             from,
             templates: environment(),
-            in_flight: Semaphore::new(SMTP_CONNECTIONS as usize),
+            in_flight: Semaphore::new(settings.smtp_pool.connections),
+            wait: settings.smtp_pool.wait,
             one_click: settings.one_click.clone(),
         })
     }
@@ -263,12 +261,8 @@ impl Mailer {
     }
 
     pub async fn send(&self, message: Message) -> MailOutcome {
-        let Ok(permit) = tokio::time::timeout(CONNECTION_WAIT, self.in_flight.acquire()).await
-        else {
-            return MailOutcome::Retry(format!(
-                "no SMTP connection free within {} s",
-                CONNECTION_WAIT.as_secs()
-            ));
+        let Ok(permit) = tokio::time::timeout(self.wait, self.in_flight.acquire()).await else {
+            return MailOutcome::Busy;
         };
         let _permit = permit.expect("never closed");
         match &self.transport {

@@ -3,12 +3,12 @@
 //! files under `GROUNDCREW_DATA_DIR/mail`. Secrets are held here and never printed: the `Debug`
 //! impls leave them out.
 
-use std::{fmt, path::PathBuf};
+use std::{fmt, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
 use super::unsubscribe::OneClick;
-use crate::settings::{ConfigError, env_string};
+use crate::settings::{ConfigError, env_duration, env_parse, env_string};
 
 #[derive(Clone, Debug)]
 pub struct NotifySettings {
@@ -16,11 +16,31 @@ pub struct NotifySettings {
     pub fcm: Option<FcmSettings>,
     /// lettre URL form (`smtp://host:port`, `smtps://user:pass@host`); `None`: file transport.
     pub smtp_url: Option<String>,
+    pub smtp_pool: SmtpPool,
     pub mail_from: String,
     /// Where the file transport writes (`<data dir>/mail`).
     pub data_dir: PathBuf,
     /// One-click unsubscribe links (`GROUNDCREW_PUBLIC_URL`); `None`: a `mailto:` to the sender.
     pub one_click: Option<OneClick>,
+}
+
+/// SMTP conversations one process holds at once (and the connections its pool keeps), and how
+/// long an email waits for one before its delivery continues in a later job.
+#[derive(Clone, Copy, Debug)]
+pub struct SmtpPool {
+    pub connections: usize,
+    pub wait: Duration,
+}
+
+impl Default for SmtpPool {
+    fn default() -> Self {
+        SmtpPool {
+            connections: 10,
+            // A third of the delivery job's timeout: a batch queued behind others still records
+            // what it sent rather than being cut off and sending it all again.
+            wait: Duration::from_secs(20),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -103,9 +123,22 @@ impl NotifySettings {
             apns: Self::apns_from_env()?,
             fcm: Self::fcm_from_env()?,
             smtp_url: optional("GROUNDCREW_SMTP_URL"),
+            smtp_pool: Self::smtp_pool_from_env()?,
             mail_from: env_string("GROUNDCREW_MAIL_FROM", DEFAULT_MAIL_FROM),
             data_dir: PathBuf::from(env_string("GROUNDCREW_DATA_DIR", "./data")),
             one_click: Self::one_click_from_env()?,
+        })
+    }
+
+    fn smtp_pool_from_env() -> Result<SmtpPool, ConfigError> {
+        let variable = "GROUNDCREW_SMTP_CONNECTIONS";
+        let connections = env_parse(variable, SmtpPool::default().connections)?;
+        if connections == 0 {
+            return Err(config_error(variable, "at least 1"));
+        }
+        Ok(SmtpPool {
+            connections,
+            wait: env_duration("GROUNDCREW_SMTP_WAIT", SmtpPool::default().wait)?,
         })
     }
 

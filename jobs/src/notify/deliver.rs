@@ -17,6 +17,8 @@
 //! this job enqueued again for the end of the window (email is not held back: it does not
 //! ring). Invalid token → device disabled, delivery `failed`. 429/5xx/network → the job
 //! retries no sooner than the provider asked, and the last attempt marks the rows `failed`.
+//! An email that finds every SMTP connection busy for the whole wait stays `pending`, and a
+//! new job sends it (no attempt spent: nothing failed).
 
 use std::{collections::HashMap, time::Duration};
 

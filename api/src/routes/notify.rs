@@ -199,7 +199,7 @@ route_error!(
 
 route_error!(
     /// Failures of `GET` and `POST /v1/email/unsubscribe`.
-    UnsubscribeError: 400, 404, 429, 503
+    UnsubscribeError: 400, 404, 422, 429, 503
 );
 
 /// What a one-click unsubscribe turned off.

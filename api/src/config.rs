@@ -32,7 +32,7 @@ pub struct AuthConfig {
     pub audience: String,
 }
 
-pub const JWT_SECRET_VARIABLE: &str = "GROUNDCREW_JWT_SECRET";
+pub use groundcrew_jobs::settings::JWT_SECRET_VARIABLE;
 const PUBLIC_KEYS_VARIABLE: &str = "GROUNDCREW_JWT_PUBLIC_KEYS_FILE";
 
 impl AuthConfig {

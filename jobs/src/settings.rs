@@ -63,6 +63,8 @@ pub struct CoreSettings {
     pub poll_interval: Duration,
 }
 
+/// The HS256 secret the API signs tokens with; the workers sign unsubscribe links with it.
+pub const JWT_SECRET_VARIABLE: &str = "GROUNDCREW_JWT_SECRET";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/groundcrew";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 

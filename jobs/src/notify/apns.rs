@@ -161,7 +161,10 @@ impl ApnsClient {
         let (parts, body) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => return network_error("APNs", &e),
-            Err(_) => return network_error("APNs", &"no answer within 30 s"),
+            Err(_) => {
+                let waited = format!("no answer within {} s", REQUEST_TIMEOUT.as_secs());
+                return network_error("APNs", &waited);
+            }
         };
         let status = parts.status.as_u16();
         if status == 200 {

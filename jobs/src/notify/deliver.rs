@@ -235,6 +235,13 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
 async fn send(ctx: &JobContext, messages: &HashMap<Uuid, Message>, due: &Due) -> Outcome {
     let providers = &ctx.services.notify;
     let n = &messages[&due.notification_id];
+    if due.channel == "email" {
+        let spec = n
+            .email
+            .as_ref()
+            .expect("an email due comes from an email spec");
+        return send_email(ctx, due, spec, n.user_id, n.handle.clone()).await;
+    }
     let message = PushMessage {
         title: &n.title,
         body: &n.body,
@@ -244,13 +251,6 @@ async fn send(ctx: &JobContext, messages: &HashMap<Uuid, Message>, due: &Due) ->
         expires_at: (due.deferred_until.unwrap_or(n.created_at) + PUSH_LIFETIME).timestamp(),
     };
     let outcome = match due.channel {
-        "email" => {
-            let spec = n
-                .email
-                .as_ref()
-                .expect("an email due comes from an email spec");
-            return send_email(ctx, due, spec, n.user_id, n.handle.clone()).await;
-        }
         "apns" => match &providers.apns {
             Some(apns) => {
                 apns.send(&due.target, due.sandbox, due.app_id.as_deref(), &message)
@@ -305,6 +305,7 @@ fn plan_notification(
                 dues.push(due(row.send_id, row.deferred_until));
             }
             Some(_) => {}
+            // A first send's id is its notification's, as the row will store it.
             None => match new {
                 Some(outcome) => outcomes.push(outcome),
                 None => dues.push(due(notification_id.to_string(), None)),
@@ -326,7 +327,7 @@ fn plan_notification(
         for (((token, platform), app_id), sandbox) in
             tokens.iter().zip(platforms).zip(app_ids).zip(sandbox)
         {
-            let channel = if platform == "apns" { "apns" } else { "fcm" };
+            let channel = channel(&platform);
             let configured = match channel {
                 "apns" => providers.apns.is_some(),
                 _ => providers.fcm.is_some(),
@@ -369,12 +370,12 @@ fn plan_notification(
             }
         }
     }
-    for ((channel, target), row) in existing {
+    for ((name, target), row) in existing {
         if still_to_send(&row, now) {
-            let (channel, gone) = match channel.as_str() {
-                "apns" => ("apns", "device disabled or removed"),
-                "fcm" => ("fcm", "device disabled or removed"),
-                _ => ("email", "email address changed"),
+            let channel = channel(&name);
+            let gone = match channel {
+                "email" => "email address changed",
+                _ => "device disabled or removed",
             };
             outcomes.push(Outcome::decided(
                 notification_id,
@@ -386,6 +387,16 @@ fn plan_notification(
         }
     }
     email
+}
+
+/// A channel's name as delivery rows store it (`apns`, `fcm`, `email`; devices' platforms are
+/// the first two).
+fn channel(name: &str) -> &'static str {
+    match name {
+        "apns" => "apns",
+        "fcm" => "fcm",
+        _ => "email",
+    }
 }
 
 /// The notification's delivery rows by (channel, target).
@@ -598,8 +609,11 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
         "INSERT INTO notification_deliveries AS d
              (id, notification_id, channel, target, send_id, status, detail, deferred_until,
               attempts)
-         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::timestamptz[], $9::int[])
+         SELECT id, notification_id, channel, target, notification_id::text, status, detail,
+                deferred_until, attempts
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[], $8::int[])
+             AS o(id, notification_id, channel, target, status, detail, deferred_until, attempts)
          ON CONFLICT (notification_id, channel, target) DO UPDATE
          SET status = EXCLUDED.status, detail = EXCLUDED.detail,
              deferred_until = COALESCE(EXCLUDED.deferred_until, d.deferred_until),
@@ -618,12 +632,6 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
         outcomes
             .iter()
             .map(|o| o.target.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        outcomes
-            .iter()
-            .map(|o| o.notification_id.to_string())
             .collect::<Vec<_>>(),
     )
     .bind(outcomes.iter().map(status).collect::<Vec<_>>())

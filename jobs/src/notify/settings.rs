@@ -8,7 +8,7 @@ use std::{fmt, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::unsubscribe::OneClick;
-use crate::settings::{ConfigError, env_duration, env_parse, env_string};
+use crate::settings::{ConfigError, JWT_SECRET_VARIABLE, env_duration, env_parse, env_string};
 
 #[derive(Clone, Debug)]
 pub struct NotifySettings {
@@ -154,9 +154,9 @@ impl NotifySettings {
                 "an http(s) URL, e.g. https://api.example.com",
             ));
         }
-        let Some(secret) = optional("GROUNDCREW_JWT_SECRET") else {
+        let Some(secret) = optional(JWT_SECRET_VARIABLE) else {
             return Err(config_error(
-                "GROUNDCREW_JWT_SECRET",
+                JWT_SECRET_VARIABLE,
                 "unsubscribe links (GROUNDCREW_PUBLIC_URL is set) are signed with it",
             ));
         };

@@ -155,6 +155,18 @@ async fn a_post_reaches_every_follower_and_deleting_it_retracts_it() {
         })
         .await;
     }
+
+    // A new handle shows on the author's posts in every feed at once.
+    let renamed = app
+        .request(Method::PUT, "/v1/me", Some(&author.token))
+        .json(&json!({ "handle": "renamed" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), StatusCode::OK);
+    for user in readers.iter().chain([&author]) {
+        assert_eq!(feed(&app, user).await[0]["author"]["handle"], "renamed");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

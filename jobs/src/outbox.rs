@@ -42,6 +42,7 @@ pub struct JobTx {
     broker: Broker,
     cleaner: std::sync::Arc<OutboxCleaner>,
     request_id: Option<String>,
+    after_commit: redis::Pipeline,
 }
 
 impl JobTx {
@@ -52,6 +53,7 @@ impl JobTx {
             broker: services.broker.clone(),
             cleaner: services.outbox.clone(),
             request_id: None,
+            after_commit: redis::pipe(),
         })
     }
 
@@ -63,6 +65,17 @@ impl JobTx {
 
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Redis writes that must not happen before the commit (cache invalidations), sent in one
+    /// round trip after it. Best effort, like the dispatch: whatever they repair must also be
+    /// repaired by a job enqueued in the same transaction, which retries.
+    pub fn after_commit(&mut self) -> &mut redis::Pipeline {
+        &mut self.after_commit
     }
 
     pub async fn enqueue<J: Job>(&mut self, job: &J) -> Result<Uuid, sqlx::Error> {
@@ -143,6 +156,15 @@ impl JobTx {
         self.tx.commit().await?;
         if !self.staged.is_empty() {
             dispatch(&self.cleaner, &self.broker, &self.staged).await;
+        }
+        if !self.after_commit.is_empty() {
+            let sent = self
+                .after_commit
+                .query_async::<()>(&mut self.broker.connection())
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "Redis writes after commit failed; the transaction's jobs will make them");
+            }
         }
         Ok(())
     }

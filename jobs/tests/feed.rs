@@ -211,6 +211,96 @@ async fn follow_backfills_unfollow_and_block_retract() {
     workers.shutdown().await;
 }
 
+/// A warm feed is read from Redis alone: with Postgres unreachable it reads back the same,
+/// page by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_feed_reads_from_redis_alone() {
+    let env = TestEnv::new().await;
+    let [reader, author] = users(&env, 2).await[..] else {
+        unreachable!()
+    };
+    let workers = feed_workers(&env);
+    follow(&env, reader, author).await;
+    feed_ids(&env, reader, 20).await;
+    drain(&env).await;
+    for text in ["one", "two", "three"] {
+        post(&env, author, text).await;
+        post(&env, reader, text).await;
+    }
+    drain(&env).await;
+    workers.shutdown().await;
+    let warm = feed_ids(&env, reader, 2).await;
+    assert_eq!(warm, expected_feed(&env, reader).await);
+
+    let mut offline = env.services.clone();
+    offline.db = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/unreachable")
+        .unwrap();
+    let mut read = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = read::read_feed(&offline, reader, 2, cursor.as_deref())
+            .await
+            .expect("read without Postgres");
+        read.extend(page.items.iter().map(|i| i.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(read, warm);
+}
+
+/// Reads show posts from the read cache, which a delete, an unfollow or a block corrects as it
+/// commits: with no worker running to retract anything, the posts are still in the reader's
+/// feed in Redis and no longer shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_unfollows_and_blocks_hide_posts_before_any_job_runs() {
+    let env = TestEnv::new().await;
+    let [reader, author, blocker] = users(&env, 3).await[..] else {
+        unreachable!()
+    };
+    let workers = feed_workers(&env);
+    follow(&env, reader, author).await;
+    follow(&env, reader, blocker).await;
+    feed_ids(&env, reader, 20).await;
+    drain(&env).await;
+    let kept = post(&env, author, "kept").await;
+    let deleted = post(&env, author, "deleted").await;
+    let blockers = post(&env, blocker, "the blocker's").await;
+    drain(&env).await;
+    // Caches the follows set, the posts and the handles.
+    assert_eq!(
+        feed_ids(&env, reader, 20).await,
+        vec![blockers, deleted, kept]
+    );
+    workers.shutdown().await;
+
+    delete(&env, author, deleted).await;
+    assert_eq!(feed_ids(&env, reader, 20).await, vec![blockers, kept]);
+    block(&env, blocker, reader).await;
+    assert_eq!(feed_ids(&env, reader, 20).await, vec![kept]);
+    unfollow(&env, reader, author).await;
+    assert!(feed_ids(&env, reader, 20).await.is_empty());
+    assert_eq!(stored(&env, reader).await.len(), 3, "nothing retracted yet");
+
+    let workers = feed_workers(&env);
+    drain(&env).await;
+    assert!(
+        stored(&env, reader).await.is_empty(),
+        "retracted from Redis"
+    );
+    follow(&env, reader, author).await;
+    drain(&env).await;
+    assert_eq!(
+        feed_ids(&env, reader, 20).await,
+        vec![kept],
+        "followed again"
+    );
+    workers.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celebrity_posts_are_merged_at_read_in_order_across_pages() {
     let env = env_with(FeedSettings {
@@ -355,7 +445,7 @@ enum Op {
     /// Deletes the n-th live post, if there is one.
     Delete(usize),
     Read(usize),
-    /// Redis loses a user's feed.
+    /// Redis loses a user's feed, their follows set and the merge-authors set.
     Evict(usize),
 }
 
@@ -434,9 +524,11 @@ async fn run_and_compare(env: &TestEnv, ops: Vec<Op>) {
                     .unwrap();
             }
             Op::Evict(a) => {
-                let key = feed::store::FeedStore::new(&env.services).key(people[a]);
+                let keys = feed::cache::CacheKeys::new(&env.services.broker);
                 redis::cmd("DEL")
-                    .arg(key)
+                    .arg(feed::store::FeedStore::new(&env.services).key(people[a]))
+                    .arg(keys.follows(people[a]))
+                    .arg(keys.merge_authors())
                     .query_async::<()>(&mut env.services.broker.connection())
                     .await
                     .unwrap();

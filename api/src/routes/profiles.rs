@@ -5,7 +5,7 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate, Utc};
 use groundcrew_jobs::{
     JobTx,
-    feed::graph,
+    feed::{self, graph},
     notify::{self, Category, Notification},
 };
 use poem::web::Data;
@@ -148,6 +148,8 @@ impl ProfilesApi {
         };
         if created {
             on_profile_created(&mut tx, &profile).await?;
+        } else {
+            feed::cache::handle_changed(&mut tx, profile.id);
         }
         tx.commit().await?;
         Ok(ProfileSaved::Ok(Json(profile)))

@@ -9,7 +9,10 @@ use crate::{
     outbox::JobTx,
 };
 
-use super::jobs::{Backfill, RetractAuthor};
+use super::{
+    cache,
+    jobs::{Backfill, RetractAuthor},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
@@ -49,6 +52,7 @@ pub async fn follow(tx: &mut JobTx, follower: Uuid, followee: Uuid) -> Result<bo
     .rows_affected()
         == 1;
     if inserted {
+        cache::follows_changed(tx, &[follower]);
         tx.enqueue(&Backfill { follower, followee }).await?;
         notify::notify(
             tx,
@@ -74,6 +78,7 @@ pub async fn unfollow(tx: &mut JobTx, follower: Uuid, followee: Uuid) -> Result<
         .await?
         .rows_affected();
     if removed > 0 {
+        cache::follows_changed(tx, &[follower]);
         tx.enqueue(&RetractAuthor {
             reader: follower,
             author: followee,
@@ -112,6 +117,8 @@ pub async fn block(tx: &mut JobTx, blocker: Uuid, blocked: Uuid) -> Result<(), G
             }
         })
         .collect();
+    let readers: Vec<Uuid> = retractions.iter().map(|r| r.reader).collect();
+    cache::follows_changed(tx, &readers);
     tx.enqueue_many(&retractions).await?;
     Ok(())
 }

@@ -13,7 +13,10 @@ use crate::{
     queue::Queue,
 };
 
-use super::store::{Entry, FeedStore};
+use super::{
+    cache::FeedCache,
+    store::{Entry, FeedStore},
+};
 
 /// Followers per page of a fan-out or retraction: one Postgres query and one Redis round trip.
 pub const PAGE: i64 = 2000;
@@ -55,6 +58,10 @@ impl Job for FanoutPost {
         .await?
             == "merge"
         {
+            // On every run, so a run that failed here adds the author when retried.
+            FeedCache::new(services)
+                .add_merge_author(post.author_id)
+                .await?;
             return Ok(());
         }
         let store = &store;
@@ -81,6 +88,9 @@ impl Job for RetractPost {
         let Some(post) = load_post(db, self.post_id).await? else {
             return Err(JobError::fail(format!("no post {}", self.post_id)));
         };
+        FeedCache::new(&ctx.services)
+            .hide_post(self.post_id)
+            .await?;
         let store = FeedStore::new(&ctx.services);
         let posts = [self.post_id];
         store.remove(&[post.author_id], &posts).await?;
@@ -111,6 +121,11 @@ impl Job for Backfill {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let services = &ctx.services;
+        // The follow's own invalidation, again: the process that committed it may have died
+        // before making it.
+        FeedCache::new(services)
+            .forget_follows(self.follower)
+            .await?;
         let posts: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(
             "SELECT p.id, p.created_at FROM posts p
              WHERE p.author_id = $2 AND p.deleted_at IS NULL AND p.delivery IS DISTINCT FROM 'merge'
@@ -147,6 +162,8 @@ impl Job for RetractAuthor {
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
         let services = &ctx.services;
+        // The change's own invalidation, again, as in `Backfill`.
+        FeedCache::new(services).forget_follows(self.reader).await?;
         let store = FeedStore::new(services);
         let in_feed = store.members(self.reader).await?;
         if in_feed.is_empty() {

@@ -13,10 +13,12 @@
 //!   where it was delivered.
 //! - Feeds expire after `GROUNDCREW_FEED_INACTIVE_AFTER` (30 days) without a read: pushes skip
 //!   inactive followers for free, and their next read rebuilds.
-//! - Hydration keeps only posts that exist, are not deleted and whose author is the reader or
-//!   someone the reader follows (block removes follows both ways). Retraction jobs reclaim the
-//!   slots later; reads never wait for them.
+//! - A read shows only posts that exist, are not deleted and whose author is the reader or
+//!   someone the reader follows (block removes follows both ways), as the read cache knows
+//!   them (`cache`: tombstones and follows sets, corrected when the change commits).
+//!   Retraction jobs reclaim the slots later; reads never wait for them.
 
+pub mod cache;
 pub mod graph;
 pub mod jobs;
 pub mod posts;

@@ -11,7 +11,10 @@ use crate::{
     outbox::{self, JobTx},
 };
 
-use super::jobs::{FanoutPost, RetractPost};
+use super::{
+    cache,
+    jobs::{FanoutPost, RetractPost},
+};
 
 pub const MAX_TEXT_CHARS: usize = 2000;
 pub const MAX_MEDIA: usize = 10;
@@ -155,6 +158,7 @@ pub async fn delete_post(tx: &mut JobTx, caller: Uuid, id: Uuid) -> Result<(), P
                 .bind(id)
                 .execute(tx.conn())
                 .await?;
+            cache::post_deleted(tx, id);
             tx.enqueue(&RetractPost { post_id: id }).await?;
             Ok(())
         }

@@ -1,20 +1,28 @@
 //! Reading a home feed: a window of post ids from Redis (rebuilt from Postgres first when the
-//! feed is missing), merged with the recent posts of followed authors above the fan-out
-//! threshold, and hydrated — all in one SQL query per page.
+//! feed is missing), shown from the read cache (`cache.rs`) in the same round trip, merged
+//! with the recent posts of followed authors above the fan-out threshold. A warm read of a
+//! reader who follows no such author asks Postgres nothing; when Redis cannot hold what a read
+//! needs, the page is hydrated in one SQL query instead.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::Services;
 
-use super::store::{Entry, FeedStore};
+use super::{
+    cache::{FeedCache, FillError, Lookup, Missing, Shown},
+    store::{Entry, FeedStore},
+};
 
 /// Where a page ends: the position of its last item.
 pub type Position = Entry;
 
-/// Rounds one page may take when hydration drops many stale entries; the page then ends early
+/// Rounds one page may take when a read hides many stale entries; the page then ends early
 /// with a cursor, and the next request carries on.
 const MAX_ROUNDS: usize = 4;
+/// Calls of the read script per round: one per repair it may need (feed, follows set,
+/// merge-authors set, posts to cache), then one that reads.
+const REPAIRS: usize = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
 pub struct FeedItem {
@@ -52,6 +60,15 @@ pub enum ReadError {
     Redis(#[from] redis::RedisError),
 }
 
+impl From<FillError> for ReadError {
+    fn from(e: FillError) -> Self {
+        match e {
+            FillError::Database(e) => ReadError::Database(e),
+            FillError::Redis(e) => ReadError::Redis(e),
+        }
+    }
+}
+
 pub fn encode_cursor(position: Position) -> String {
     format!(
         "{:x}.{}",
@@ -79,32 +96,28 @@ pub async fn read_feed(
     let limit = limit.clamp(1, 100);
     let mut below = cursor.map(decode_cursor).transpose()?;
     let store = FeedStore::new(services);
+    let cache = FeedCache::new(services);
     let mut items: Vec<FeedItem> = Vec::with_capacity(limit + 1);
     for _ in 0..MAX_ROUNDS {
         let need = limit - items.len();
-        // Room for entries hydration drops (deleted, unfollowed, blocked) before retraction;
-        // rare, and a page short of them takes another round. Each id is an index lookup.
+        // Room for entries a read hides (deleted, unfollowed, blocked) before retraction
+        // removes them; rare, and a page short of them takes another round.
         let want = need + need / 4 + 4;
-        let window = match store.window(reader, below, want).await? {
-            Some(window) => window,
+        let (window, rows) = match cached_page(services, &cache, reader, below, want, need + 1)
+            .await?
+        {
+            Some(page) => {
+                metrics::counter!("groundcrew_feed_reads_total", "from" => "cache").increment(1);
+                page
+            }
             None => {
-                let rebuilt = rebuild(services, &store, reader).await?;
-                match store.window(reader, below, want).await? {
-                    Some(window) => window,
-                    // Lost again at once (Redis flushed or evicting): serve what Postgres said.
-                    None => rebuilt
-                        .into_iter()
-                        .filter(|e| below.is_none_or(|b| *e < b))
-                        .take(want)
-                        .collect(),
-                }
+                metrics::counter!("groundcrew_feed_reads_total", "from" => "postgres").increment(1);
+                postgres_page(services, &store, reader, below, want, need + 1).await?
             }
         };
         // Past the last window entry fetched, Redis may hold more; only what sorts at or above
         // it is certain to be in order.
         let boundary = (window.len() == want).then(|| window[want - 1]);
-        let ids: Vec<Uuid> = window.iter().map(|e| e.post_id).collect();
-        let rows = hydrate(services, reader, &ids, below, need + 1).await?;
         items.extend(
             rows.into_iter()
                 .filter(|row| boundary.is_none_or(|b| row.position() >= b)),
@@ -133,6 +146,95 @@ pub async fn read_feed(
     }
     let next_cursor = below.map(encode_cursor);
     Ok(FeedPage { items, next_cursor })
+}
+
+/// A window of `want` entries below `below` and up to `limit` of the posts to show from it and
+/// from merged authors, newest first, from the cache; Postgres is asked only for what is not
+/// cached (then cached) and for merged authors' posts. `None` when Redis still lacks something
+/// after `REPAIRS` tries (flushed again or evicting).
+async fn cached_page(
+    services: &Services,
+    cache: &FeedCache,
+    reader: Uuid,
+    below: Option<Position>,
+    want: usize,
+    limit: usize,
+) -> Result<Option<(Vec<Entry>, Vec<FeedItem>)>, ReadError> {
+    let db = &services.db;
+    for _ in 0..REPAIRS {
+        let (merged_authors, entries) = match cache.window(reader, below, want).await? {
+            Lookup::Missing(Missing::Feed) => {
+                rebuild(services, &FeedStore::new(services), reader).await?;
+                continue;
+            }
+            Lookup::Missing(Missing::Follows) => {
+                cache.rebuild_follows(db, reader).await?;
+                continue;
+            }
+            Lookup::Missing(Missing::MergeAuthors) => {
+                cache.rebuild_merge_authors(db).await?;
+                continue;
+            }
+            Lookup::Ready {
+                merged_authors,
+                entries,
+            } => (merged_authors, entries),
+        };
+        let unknown: Vec<Uuid> = entries
+            .iter()
+            .filter(|(_, shown)| matches!(shown, Shown::Unknown))
+            .map(|(entry, _)| entry.post_id)
+            .collect();
+        if !unknown.is_empty() {
+            cache.fill(db, &unknown).await?;
+            continue;
+        }
+        let window: Vec<Entry> = entries.iter().map(|(entry, _)| *entry).collect();
+        let mut rows: Vec<FeedItem> = entries
+            .into_iter()
+            .filter_map(|(_, shown)| match shown {
+                Shown::Post(item) => Some(item),
+                Shown::Hidden | Shown::Unknown => None,
+            })
+            .collect();
+        if !merged_authors.is_empty() {
+            rows.extend(merged_posts(services, &merged_authors, below, limit).await?);
+            rows.sort_by_key(|row| std::cmp::Reverse(row.position()));
+            rows.dedup_by_key(|row| row.id);
+        }
+        rows.truncate(limit);
+        return Ok(Some((window, rows)));
+    }
+    Ok(None)
+}
+
+/// The same as [`cached_page`] from Postgres alone: the window from Redis (or from the rebuild
+/// when Redis loses it again at once), hydrated in one query.
+async fn postgres_page(
+    services: &Services,
+    store: &FeedStore,
+    reader: Uuid,
+    below: Option<Position>,
+    want: usize,
+    limit: usize,
+) -> Result<(Vec<Entry>, Vec<FeedItem>), ReadError> {
+    let window = match store.window(reader, below, want).await? {
+        Some(window) => window,
+        None => {
+            let rebuilt = rebuild(services, store, reader).await?;
+            match store.window(reader, below, want).await? {
+                Some(window) => window,
+                None => rebuilt
+                    .into_iter()
+                    .filter(|e| below.is_none_or(|b| *e < b))
+                    .take(want)
+                    .collect(),
+            }
+        }
+    };
+    let ids: Vec<Uuid> = window.iter().map(|e| e.post_id).collect();
+    let rows = hydrate(services, reader, &ids, below, limit).await?;
+    Ok((window, rows))
 }
 
 /// Rebuilds a missing feed from Postgres: the reader's own posts and the pushed posts of
@@ -206,6 +308,33 @@ async fn hydrate(
     )
     .bind(reader)
     .bind(window)
+    .bind(below.map(|b| b.at))
+    .bind(below.map(|b| b.post_id))
+    .bind(limit as i64)
+    .fetch_all(&services.db)
+    .await
+}
+
+/// The recent posts of `authors` merged at read time, below `below`, newest first: each
+/// author's an index range of `posts_merged_by_author`.
+async fn merged_posts(
+    services: &Services,
+    authors: &[Uuid],
+    below: Option<Position>,
+    limit: usize,
+) -> Result<Vec<FeedItem>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT p.id, p.author_id, u.handle AS author_handle, p.text, p.media_ids, p.created_at
+         FROM unnest($1::uuid[]) a(id)
+         CROSS JOIN LATERAL (
+             SELECT p.* FROM posts p
+             WHERE p.author_id = a.id AND p.delivery = 'merge' AND p.deleted_at IS NULL
+               AND ($2::timestamptz IS NULL OR (p.created_at, p.id) < ($2, $3::uuid))
+             ORDER BY p.created_at DESC, p.id DESC LIMIT $4) p
+         JOIN users u ON u.id = p.author_id
+         ORDER BY p.created_at DESC, p.id DESC LIMIT $4",
+    )
+    .bind(authors)
     .bind(below.map(|b| b.at))
     .bind(below.map(|b| b.post_id))
     .bind(limit as i64)

@@ -26,7 +26,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn score(&self) -> i64 {
+    pub(super) fn score(&self) -> i64 {
         self.at.timestamp_micros()
     }
 }

@@ -52,16 +52,25 @@ pub struct Services {
     pub media: Arc<media::MediaSettings>,
     /// Deletes outbox rows once their jobs are in Redis.
     pub outbox: Arc<outbox::OutboxCleaner>,
+    /// Writes webhook receipts in batches.
+    pub inbox: Arc<webhooks::ingest::InboxWriter>,
 }
 
 impl Services {
     /// Builds the handles without connecting: a process starts while a store is down.
     pub fn new(settings: CoreSettings, max_db_connections: u32) -> Result<Self, StartError> {
         let db = db::pool(&settings.database_url, max_db_connections)?;
+        let broker = broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?;
+        let outbox = Arc::new(outbox::OutboxCleaner::new(db.clone()));
         Ok(Services {
-            outbox: Arc::new(outbox::OutboxCleaner::new(db.clone())),
+            inbox: Arc::new(webhooks::ingest::InboxWriter::new(
+                db.clone(),
+                broker.clone(),
+                outbox.clone(),
+            )),
+            outbox,
             db,
-            broker: broker::Broker::new(&settings.redis_url, &settings.queue_prefix)?,
+            broker,
             settings: Arc::new(settings),
             feed: Arc::new(feed::FeedSettings::from_env()?),
             picks: Arc::new(picks::PicksSettings::from_env()?),

@@ -222,6 +222,22 @@ pub async fn write_then_enqueue<J: Job>(
     Ok(written)
 }
 
+/// Hands to Redis jobs whose outbox rows the caller wrote and committed in a statement of its
+/// own (a batch of webhook receipts): `(outbox id, job, meta)` each.
+pub(crate) async fn dispatch_written(
+    cleaner: &OutboxCleaner,
+    broker: &Broker,
+    jobs: Vec<(Uuid, Envelope, JobMeta)>,
+) {
+    let outgoing: Vec<Outgoing> = jobs
+        .into_iter()
+        .map(|(id, job, meta)| outgoing(id, &job, None, meta))
+        .collect();
+    if !outgoing.is_empty() {
+        dispatch(cleaner, broker, &outgoing).await;
+    }
+}
+
 /// What is pushed to Redis for `job`, written to the outbox as `id`.
 fn outgoing(id: Uuid, job: &Envelope, run_at_ms: Option<i64>, meta: JobMeta) -> Outgoing {
     Outgoing {

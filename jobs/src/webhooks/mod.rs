@@ -3,6 +3,7 @@
 //! it. A duplicate delivery finds its row and changes nothing; an unknown event type is stored,
 //! processed as `ignored`, and answered 200 like any other.
 
+pub mod ingest;
 pub mod signature;
 mod sports;
 
@@ -13,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     Services,
     job::{Job, JobContext, JobError},
-    outbox::{self, JobTx},
+    outbox::JobTx,
     queue::Queue,
 };
 
@@ -89,37 +90,14 @@ pub enum Received {
     Duplicate,
 }
 
-/// Stores the event once and enqueues its processing in the same statement.
+/// Stores the event once and enqueues its processing, in one statement with the receipts
+/// that arrive alongside (`ingest`).
 pub async fn receive(
     services: &Services,
     incoming: Incoming,
     request_id: Option<String>,
 ) -> Result<Received, sqlx::Error> {
-    let inbox_id = Uuid::now_v7();
-    let stored = outbox::write_then_enqueue(
-        services,
-        "INSERT INTO webhook_inbox (id, provider, event_id, event_type, body)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (provider, event_id) DO NOTHING
-         RETURNING id",
-        5,
-        |query| {
-            query
-                .bind(inbox_id)
-                .bind(incoming.provider.as_str())
-                .bind(&incoming.event_id)
-                .bind(&incoming.event_type)
-                .bind(&incoming.body)
-        },
-        &ProcessEvent { inbox_id },
-        request_id,
-    )
-    .await?;
-    if stored.is_none() {
-        return Ok(Received::Duplicate);
-    }
-    metrics::counter!("groundcrew_webhooks_received_total", "provider" => incoming.provider.as_str()).increment(1);
-    Ok(Received::Queued(inbox_id))
+    services.inbox.write(incoming, request_id).await
 }
 
 /// A stored event, as the family handlers see it.

@@ -19,15 +19,44 @@ redis.call('EXPIRE', KEYS[2], ARGV[5])
 local window = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '(0', 'WITHSCORES', 'LIMIT', 0,
   ARGV[2])
 local entries = {}
+if #window == 0 then return {3, redis.call('SINTER', KEYS[2], KEYS[3]), entries} end
+
+-- A few calls for the whole window rather than three per entry, each author looked up once (a
+-- page repeats authors).
+local post_keys = {}
+for i = 1, #window, 2 do post_keys[#post_keys + 1] = ARGV[3] .. window[i] end
+local posts = redis.call('MGET', unpack(post_keys))
+local authors, seen = {}, {}
+for i = 1, #posts do
+  local post = posts[i]
+  if post and post ~= '' then
+    local author = string.sub(post, 1, 36)
+    if not seen[author] then
+      seen[author] = true
+      authors[#authors + 1] = author
+    end
+  end
+end
+local shown, handles = {}, {}
+if #authors > 0 then
+  local followed = redis.call('SMISMEMBER', KEYS[2], unpack(authors))
+  local handle_keys = {}
+  for i, author in ipairs(authors) do handle_keys[i] = ARGV[4] .. author end
+  local found = redis.call('MGET', unpack(handle_keys))
+  for i, author in ipairs(authors) do
+    shown[author] = author == ARGV[6] or followed[i] == 1
+    handles[author] = found[i]
+  end
+end
 for i = 1, #window, 2 do
-  local post = redis.call('GET', ARGV[3] .. window[i])
+  local post = posts[(i + 1) / 2]
   local handle = false
   if post and post ~= '' then
     local author = string.sub(post, 1, 36)
-    if author ~= ARGV[6] and redis.call('SISMEMBER', KEYS[2], author) == 0 then
-      post = ''
+    if shown[author] then
+      handle = handles[author]
     else
-      handle = redis.call('GET', ARGV[4] .. author)
+      post = ''
     end
   end
   entries[#entries + 1] = window[i]

@@ -1,7 +1,7 @@
 //! What a feed read needs besides the feed itself, cached in Redis so that a warm read asks
 //! Postgres nothing: each post (author and body, or a tombstone once deleted), each author's
-//! handle, each reader's follows, and the authors whose posts are merged at read time. One Lua
-//! call reads a window of the feed with all of it (`read.lua`).
+//! handle, each reader's follows, and the authors whose posts are merged at read time.
+//! [`FeedCache::window`] reads a window of the feed with all of it.
 //!
 //! Hydration in Postgres was ~440 µs of Postgres CPU per read and capped reads at ~2,000/s on
 //! two cores (bench/RESULTS.md). Each cached fact is kept right this way:
@@ -22,9 +22,8 @@
 //! - The merge-authors set only grows: the fan-out job adds an author whenever it decides to
 //!   merge one of their posts. A read that finds it missing rebuilds it from Postgres.
 
-use std::{str::FromStr, sync::LazyLock, time::Duration};
+use std::{collections::HashMap, str::FromStr, sync::LazyLock, time::Duration};
 
-use chrono::DateTime;
 use redis::{Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -32,9 +31,10 @@ use uuid::Uuid;
 
 use crate::{Services, broker::Broker, outbox::JobTx};
 
-use super::{read::FeedItem, store::Entry};
-
-static READ_WINDOW: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("read.lua")));
+use super::{
+    read::FeedItem,
+    store::{Entry, entries_below},
+};
 
 /// Ends a follows-set rebuild: adds the followees only if the rebuild's lease is still there.
 static FINISH_FOLLOWS: LazyLock<Script> = LazyLock::new(|| {
@@ -67,10 +67,6 @@ impl CacheKeys {
         CacheKeys {
             prefix: broker.prefix().to_owned(),
         }
-    }
-
-    fn post_prefix(&self) -> String {
-        format!("{}:post:", self.prefix)
     }
 
     fn handle_prefix(&self) -> String {
@@ -116,8 +112,8 @@ pub fn handle_changed(tx: &mut JobTx, user: Uuid) {
     tx.after_commit().del(key).ignore();
 }
 
-/// A post as cached: the author's id (36 characters, so the Lua script can cut it off) and
-/// this, as JSON.
+/// A post as cached: the author's id (36 characters, read without parsing the rest) and this,
+/// as JSON.
 #[derive(Serialize, Deserialize)]
 struct CachedBody {
     text: String,
@@ -152,6 +148,10 @@ pub enum Lookup {
     },
 }
 
+/// The first trip of a read: whether the feed, the follows set and the merge-authors set are
+/// built, the window (member, score) and the followed merge authors.
+type FirstTrip = (Option<f64>, bool, bool, Vec<(String, f64)>, Vec<String>);
+
 /// Handle on the read cache; cheap to build per request.
 pub struct FeedCache {
     conn: ConnectionManager,
@@ -172,46 +172,108 @@ impl FeedCache {
 
     /// Up to `count` entries of `reader`'s feed strictly below `below`, each with what the
     /// cache knows of it. Counts as activity: the feed and follows set expire later.
+    ///
+    /// Three round trips of plain commands: the sets and the window, the window's posts, then
+    /// the follows and handles of the page's authors (each once; a page repeats authors). One
+    /// Lua script did it in one trip at ~120 µs of Redis a read, two thirds of it in the Lua VM
+    /// and its reply; Redis, single-threaded, was then the busiest process under load.
     pub async fn window(
         &self,
         reader: Uuid,
         below: Option<Entry>,
         count: usize,
     ) -> redis::RedisResult<Lookup> {
+        let feed = format!("{}{reader}", self.feed_prefix);
+        let follows = self.keys.follows(reader);
+        let merge_authors = self.keys.merge_authors();
         let max = below.map_or("+inf".to_owned(), |b| b.score().to_string());
         // Entries at exactly `below`'s microsecond sort by id; skip those not below it.
         let slack = if below.is_some() { 8 } else { 0 };
-        let (state, merged, flat): (i64, Vec<String>, Vec<Option<String>>) = READ_WINDOW
-            .key(format!("{}{reader}", self.feed_prefix))
-            .key(self.keys.follows(reader))
-            .key(self.keys.merge_authors())
+        let mut conn = self.conn.clone();
+        // Atomic, so that a feed dropped meanwhile cannot pass for a complete, empty one.
+        let (feed_built, follows_built, merge_built, raw, merged): FirstTrip = redis::pipe()
+            .atomic()
+            .zscore(&feed, BUILT)
+            .sismember(&follows, BUILT)
+            .sismember(&merge_authors, BUILT)
+            .cmd("ZREVRANGEBYSCORE")
+            .arg(&feed)
             .arg(max)
+            .arg("(0")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
             .arg(count + slack)
-            .arg(self.keys.post_prefix())
-            .arg(self.keys.handle_prefix())
-            .arg(self.activity_ttl_secs)
-            .arg(reader.to_string())
-            .invoke_async(&mut self.conn.clone())
+            .sinter(&[&follows, &merge_authors])
+            .expire(&feed, self.activity_ttl_secs)
+            .ignore()
+            .expire(&follows, self.activity_ttl_secs)
+            .ignore()
+            .query_async(&mut conn)
             .await?;
-        let missing = match state {
-            0 => Missing::Feed,
-            1 => Missing::Follows,
-            2 => Missing::MergeAuthors,
-            _ => {
-                let entries = flat
-                    .chunks_exact(4)
-                    .filter_map(decode_entry)
-                    .filter(|(e, _)| below.is_none_or(|b| *e < b))
-                    .take(count)
-                    .collect();
-                let merged_authors = merged.iter().filter_map(|m| m.parse().ok()).collect();
-                return Ok(Lookup::Ready {
-                    merged_authors,
-                    entries,
-                });
+        match (feed_built, follows_built, merge_built) {
+            (None, _, _) => return Ok(Lookup::Missing(Missing::Feed)),
+            (_, false, _) => return Ok(Lookup::Missing(Missing::Follows)),
+            (_, _, false) => return Ok(Lookup::Missing(Missing::MergeAuthors)),
+            _ => {}
+        }
+        let window = entries_below(raw, below, count);
+        let merged_authors = merged.iter().filter_map(|m| m.parse().ok()).collect();
+        if window.is_empty() {
+            return Ok(Lookup::Ready {
+                merged_authors,
+                entries: Vec::new(),
+            });
+        }
+        let post_keys: Vec<String> = window.iter().map(|e| self.keys.post(e.post_id)).collect();
+        let posts: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&post_keys)
+            .query_async(&mut conn)
+            .await?;
+        let mut authors: Vec<&str> = posts
+            .iter()
+            .flatten()
+            .filter(|post| post.len() > 36)
+            .map(|post| &post[..36])
+            .collect();
+        authors.sort_unstable();
+        authors.dedup();
+        let mut shown_authors: HashMap<&str, Option<String>> = HashMap::new();
+        if !authors.is_empty() {
+            let prefix = self.keys.handle_prefix();
+            let handle_keys: Vec<String> = authors.iter().map(|a| format!("{prefix}{a}")).collect();
+            let (still_built, followed, handles): (bool, Vec<bool>, Vec<Option<String>>) =
+                redis::pipe()
+                    .atomic()
+                    .sismember(&follows, BUILT)
+                    .cmd("SMISMEMBER")
+                    .arg(&follows)
+                    .arg(&authors)
+                    .cmd("MGET")
+                    .arg(&handle_keys)
+                    .query_async(&mut conn)
+                    .await?;
+            // Dropped since the first trip (a follow change committed): its members say
+            // nothing now, and would hide every author.
+            if !still_built {
+                return Ok(Lookup::Missing(Missing::Follows));
             }
-        };
-        Ok(Lookup::Missing(missing))
+            let reader = reader.to_string();
+            for ((author, followed), handle) in authors.iter().zip(followed).zip(handles) {
+                if followed || *author == reader {
+                    shown_authors.insert(author, handle);
+                }
+            }
+        }
+        let entries = window
+            .into_iter()
+            .zip(&posts)
+            .map(|(entry, post)| (entry, shown(entry, post.as_deref(), &shown_authors)))
+            .collect();
+        Ok(Lookup::Ready {
+            merged_authors,
+            entries,
+        })
     }
 
     /// Caches `posts` (and their authors' handles) from Postgres; tombstones for posts deleted
@@ -335,34 +397,37 @@ pub enum FillError {
     Redis(#[from] redis::RedisError),
 }
 
-/// One quadruple of the read script: member, score, post, handle.
-fn decode_entry(raw: &[Option<String>]) -> Option<(Entry, Shown)> {
-    let [Some(member), Some(score), post, handle] = raw else {
-        return None;
+/// What to show for `entry` given its cached post (if any) and the authors to show with their
+/// cached handles.
+fn shown(entry: Entry, post: Option<&str>, authors: &HashMap<&str, Option<String>>) -> Shown {
+    let Some(cached) = post else {
+        return Shown::Unknown;
     };
-    let post_id = Uuid::from_str(member).ok()?;
-    let at = DateTime::from_timestamp_micros(score.parse::<f64>().ok()? as i64)?;
-    let shown = match (post.as_deref(), handle) {
-        (Some(""), _) => Shown::Hidden,
-        (Some(cached), Some(handle)) if cached.len() > 36 => {
-            let (author, body) = cached.split_at(36);
-            match (
-                Uuid::from_str(author),
-                serde_json::from_str::<CachedBody>(body),
-            ) {
-                (Ok(author_id), Ok(body)) => Shown::Post(FeedItem {
-                    id: post_id,
-                    author_id,
-                    author_handle: handle.clone(),
-                    text: body.text,
-                    media_ids: body.media_ids,
-                    created_at: at,
-                }),
-                // Written by another version: cache it again.
-                _ => Shown::Unknown,
-            }
-        }
+    if cached.is_empty() {
+        return Shown::Hidden;
+    }
+    if cached.len() <= 36 {
+        return Shown::Unknown;
+    }
+    let (author, body) = cached.split_at(36);
+    let handle = match authors.get(author) {
+        None => return Shown::Hidden,
+        Some(None) => return Shown::Unknown,
+        Some(Some(handle)) => handle,
+    };
+    match (
+        Uuid::from_str(author),
+        serde_json::from_str::<CachedBody>(body),
+    ) {
+        (Ok(author_id), Ok(body)) => Shown::Post(FeedItem {
+            id: entry.post_id,
+            author_id,
+            author_handle: handle.clone(),
+            text: body.text,
+            media_ids: body.media_ids,
+            created_at: entry.at,
+        }),
+        // Written by another version: cache it again.
         _ => Shown::Unknown,
-    };
-    Some((Entry { at, post_id }, shown))
+    }
 }

@@ -1,8 +1,8 @@
 //! Reading a home feed: a window of post ids from Redis (rebuilt from Postgres first when the
-//! feed is missing), shown from the read cache (`cache.rs`) in the same round trip, merged
-//! with the recent posts of followed authors above the fan-out threshold. A warm read of a
-//! reader who follows no such author asks Postgres nothing; when Redis cannot hold what a read
-//! needs, the page is hydrated in one SQL query instead.
+//! feed is missing), shown from the read cache (`cache.rs`), merged with the recent posts of
+//! followed authors above the fan-out threshold. A warm read of a reader who follows no such
+//! author asks Postgres nothing; when Redis cannot hold what a read needs, the page is hydrated
+//! in one SQL query instead.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -20,8 +20,8 @@ pub type Position = Entry;
 /// Rounds one page may take when a read hides many stale entries; the page then ends early
 /// with a cursor, and the next request carries on.
 const MAX_ROUNDS: usize = 4;
-/// Calls of the read script per round: one per repair it may need (feed, follows set,
-/// merge-authors set, posts to cache), then one that reads.
+/// Cache reads per round: one per repair a read may need (feed, follows set, merge-authors
+/// set, posts to cache), then one that shows the page.
 const REPAIRS: usize = 5;
 
 #[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]

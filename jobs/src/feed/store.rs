@@ -146,18 +146,7 @@ impl FeedStore {
         if built.is_none() {
             return Ok(None);
         }
-        let entries = raw
-            .into_iter()
-            .filter_map(|(member, score)| {
-                Some(Entry {
-                    at: DateTime::from_timestamp_micros(score as i64)?,
-                    post_id: Uuid::from_str(&member).ok()?,
-                })
-            })
-            .filter(|e| below.is_none_or(|b| *e < b))
-            .take(count)
-            .collect();
-        Ok(Some(entries))
+        Ok(Some(entries_below(raw, below, count)))
     }
 
     /// First step of a rebuild: makes the feed exist, so pushes from now on land in it, before
@@ -179,4 +168,23 @@ impl FeedStore {
     pub async fn finish_rebuild(&self, user: Uuid, entries: &[Entry]) -> redis::RedisResult<()> {
         self.add(&[user], entries, true).await.map(drop)
     }
+}
+
+/// The first `count` entries of a `ZREVRANGEBYSCORE … WITHSCORES` reply strictly below `below`
+/// (the reply may start with entries at `below`'s own microsecond).
+pub(super) fn entries_below(
+    raw: Vec<(String, f64)>,
+    below: Option<Entry>,
+    count: usize,
+) -> Vec<Entry> {
+    raw.into_iter()
+        .filter_map(|(member, score)| {
+            Some(Entry {
+                at: DateTime::from_timestamp_micros(score as i64)?,
+                post_id: Uuid::from_str(&member).ok()?,
+            })
+        })
+        .filter(|e| below.is_none_or(|b| *e < b))
+        .take(count)
+        .collect()
 }

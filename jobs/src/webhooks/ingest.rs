@@ -8,7 +8,9 @@
 //!
 //! A batch is one autocommitted statement: every receipt in it is stored, or none is and each
 //! caller gets the error (the provider retries a non-2xx). The caller is answered after the
-//! commit, so a 200 still means stored.
+//! commit, so a 200 still means stored. Rows go in (provider, event id) order: two batches
+//! holding the same two events in opposite orders each waited on the other's uncommitted row
+//! and Postgres killed one as a deadlock (seen in the burst test).
 
 use std::{
     collections::HashSet,
@@ -140,6 +142,7 @@ async fn write_batch(target: &Target, batch: Vec<Receipt>) {
          ), written AS (
              INSERT INTO webhook_inbox (id, provider, event_id, event_type, body)
              SELECT id, provider, event_id, event_type, body FROM incoming
+             ORDER BY provider, event_id
              ON CONFLICT (provider, event_id) DO NOTHING
              RETURNING id
          ), job AS (

@@ -33,7 +33,7 @@ use crate::{Services, broker::Broker, outbox::JobTx};
 
 use super::{
     read::FeedItem,
-    store::{Entry, entries_below},
+    store::{BUILT, Entry, FeedStore, entries_below, window_range},
 };
 
 /// Ends a follows-set rebuild: adds the followees only if the rebuild's lease is still there.
@@ -53,7 +53,6 @@ pub const POST_TTL: Duration = Duration::from_secs(24 * 3600);
 /// How long a cached handle lives: the bound on showing an old handle after a change.
 pub const HANDLE_TTL: Duration = Duration::from_secs(600);
 
-const BUILT: &str = "~built";
 /// Set members added per command when a set is rebuilt.
 const CHUNK: usize = 1000;
 
@@ -156,7 +155,7 @@ type FirstTrip = (Option<f64>, bool, bool, Vec<(String, f64)>, Vec<String>);
 pub struct FeedCache {
     conn: ConnectionManager,
     keys: CacheKeys,
-    feed_prefix: String,
+    feeds: FeedStore,
     activity_ttl_secs: i64,
 }
 
@@ -165,7 +164,7 @@ impl FeedCache {
         FeedCache {
             conn: services.broker.connection(),
             keys: CacheKeys::new(&services.broker),
-            feed_prefix: format!("{}:feed:", services.broker.prefix()),
+            feeds: FeedStore::new(services),
             activity_ttl_secs: services.feed.inactive_after.as_secs() as i64,
         }
     }
@@ -183,12 +182,9 @@ impl FeedCache {
         below: Option<Entry>,
         count: usize,
     ) -> redis::RedisResult<Lookup> {
-        let feed = format!("{}{reader}", self.feed_prefix);
+        let feed = self.feeds.key(reader);
         let follows = self.keys.follows(reader);
         let merge_authors = self.keys.merge_authors();
-        let max = below.map_or("+inf".to_owned(), |b| b.score().to_string());
-        // Entries at exactly `below`'s microsecond sort by id; skip those not below it.
-        let slack = if below.is_some() { 8 } else { 0 };
         let mut conn = self.conn.clone();
         // Atomic, so that a feed dropped meanwhile cannot pass for a complete, empty one.
         let (feed_built, follows_built, merge_built, raw, merged): FirstTrip = redis::pipe()
@@ -196,14 +192,7 @@ impl FeedCache {
             .zscore(&feed, BUILT)
             .sismember(&follows, BUILT)
             .sismember(&merge_authors, BUILT)
-            .cmd("ZREVRANGEBYSCORE")
-            .arg(&feed)
-            .arg(max)
-            .arg("(0")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count + slack)
+            .add_command(window_range(&feed, below, count))
             .sinter(&[&follows, &merge_authors])
             .expire(&feed, self.activity_ttl_secs)
             .ignore()

@@ -16,7 +16,8 @@ use super::FeedSettings;
 static ADD_TO_EXISTING: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("add.lua")));
 
 const BUILDING: &str = "~building";
-const BUILT: &str = "~built";
+/// Marks a feed (and, in `cache`, a set) as holding everything Postgres had.
+pub(super) const BUILT: &str = "~built";
 
 /// One post in a feed, where it sorts: newest first, ties broken by id (UUIDv7, so by time too).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -126,19 +127,9 @@ impl FeedStore {
         count: usize,
     ) -> redis::RedisResult<Option<Vec<Entry>>> {
         let key = self.key(user);
-        let max = below.map_or("+inf".to_owned(), |b| b.score().to_string());
-        // Entries at exactly `below`'s microsecond sort by id; skip those not below it.
-        let slack = if below.is_some() { 8 } else { 0 };
         let (built, raw): (Option<f64>, Vec<(String, f64)>) = redis::pipe()
             .zscore(&key, BUILT)
-            .cmd("ZREVRANGEBYSCORE")
-            .arg(&key)
-            .arg(max)
-            .arg("(0")
-            .arg("WITHSCORES")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(count + slack)
+            .add_command(window_range(&key, below, count))
             .expire(&key, self.ttl_secs)
             .ignore()
             .query_async(&mut self.conn.clone())
@@ -170,8 +161,26 @@ impl FeedStore {
     }
 }
 
-/// The first `count` entries of a `ZREVRANGEBYSCORE … WITHSCORES` reply strictly below `below`
-/// (the reply may start with entries at `below`'s own microsecond).
+/// The feed entries from `below` down, newest first, with their scores: enough that
+/// [`entries_below`] can keep `count` of them strictly below `below`.
+pub(super) fn window_range(key: &str, below: Option<Entry>, count: usize) -> redis::Cmd {
+    let max = below.map_or("+inf".to_owned(), |b| b.score().to_string());
+    // Entries at exactly `below`'s microsecond sort by id; room to skip those not below it.
+    let slack = if below.is_some() { 8 } else { 0 };
+    let mut range = redis::cmd("ZREVRANGEBYSCORE");
+    range
+        .arg(key)
+        .arg(max)
+        .arg("(0")
+        .arg("WITHSCORES")
+        .arg("LIMIT")
+        .arg(0)
+        .arg(count + slack);
+    range
+}
+
+/// The first `count` entries of a [`window_range`] reply strictly below `below` (the reply may
+/// start with entries at `below`'s own microsecond).
 pub(super) fn entries_below(
     raw: Vec<(String, f64)>,
     below: Option<Entry>,

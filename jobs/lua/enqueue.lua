@@ -5,19 +5,21 @@
 -- then per job: id, kind, args, max_attempts, run_at_ms (0 = now), meta
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+-- A string, formatted once: Redis 7.0 formats every number argument with snprintf (fetch.lua).
+local enqueued_at = tostring(now)
 local added = 0
 for i = 3, #ARGV, 6 do
   local id = ARGV[i]
   local key = ARGV[1] .. id
   if redis.call('EXISTS', key) == 0 then
     local run_at = tonumber(ARGV[i + 4])
-    local status = 'pending'
-    if run_at > now then status = 'scheduled' end
+    local status, due = 'pending', enqueued_at
+    if run_at > now then status, due = 'scheduled', ARGV[i + 4] end
     redis.call('HSET', key, 'kind', ARGV[i + 1], 'args', ARGV[i + 2], 'max_attempts', ARGV[i + 3],
-      'attempts', 0, 'lease', 0, 'enqueued_at', now, 'run_at', math.max(run_at, now),
+      'attempts', '0', 'lease', '0', 'enqueued_at', enqueued_at, 'run_at', due,
       'meta', ARGV[i + 5], 'status', status)
     if status == 'scheduled' then
-      redis.call('ZADD', KEYS[2], run_at, id)
+      redis.call('ZADD', KEYS[2], due, id)
     else
       redis.call('RPUSH', KEYS[1], id)
     end

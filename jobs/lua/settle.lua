@@ -7,6 +7,8 @@
 -- then per entry: id, lease, outcome (ok | retry | dead | release), delay ms, error
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+-- A string, formatted once: Redis 7.0 formats every number argument with snprintf (fetch.lua).
+local finished_at = tostring(now)
 local applied = 0
 local requeued = 0
 -- ids leaving the in-flight set, removed with one variadic ZREM at the end.
@@ -19,7 +21,7 @@ for i = 4, #ARGV, 5 do
     settled[#settled + 1] = id
     local outcome = ARGV[i + 2]
     if outcome == 'ok' then
-      redis.call('HSET', key, 'status', 'succeeded', 'finished_at', now)
+      redis.call('HSET', key, 'status', 'succeeded', 'finished_at', finished_at)
       -- Finished jobs expire on their own, so Redis memory stays flat (apalis-redis keeps them).
       redis.call('PEXPIRE', key, ARGV[2])
     elseif outcome == 'retry' then
@@ -28,12 +30,12 @@ for i = 4, #ARGV, 5 do
       redis.call('ZADD', KEYS[2], due, id)
       requeued = requeued + 1
     elseif outcome == 'dead' then
-      redis.call('HSET', key, 'status', 'dead', 'last_error', ARGV[i + 4], 'finished_at', now)
-      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HSET', key, 'status', 'dead', 'last_error', ARGV[i + 4], 'finished_at', finished_at)
+      redis.call('ZADD', KEYS[3], finished_at, id)
     else
       -- Handed back at shutdown: not an attempt, and first in line for the next worker.
-      redis.call('HINCRBY', key, 'attempts', -1)
-      redis.call('HINCRBY', key, 'lease', 1)
+      redis.call('HINCRBY', key, 'attempts', '-1')
+      redis.call('HINCRBY', key, 'lease', '1')
       redis.call('HSET', key, 'status', 'pending')
       redis.call('LPUSH', KEYS[4], id)
       requeued = requeued + 1

@@ -1,12 +1,13 @@
 //! APNs over HTTP/2 with token auth. Payloads are built with `a2`; the transport is ours (a2's
-//! `Client` only talks to Apple's hosts): hyper's pooled client speaking HTTP/2 only (rustls,
-//! ALPN h2; h2c to a plain `http://` endpoint), so every send is a stream on a kept-alive
-//! connection per endpoint. hyper directly rather than reqwest: reqwest's request and response
-//! layers cost a third of a bare HTTP/2 client's rate here (`bench_notify`: 24k against 38.6k
-//! push/s), and APNs needs none of them (no redirects, cookies, decompression).
+//! `Client` only talks to Apple's hosts): one HTTP/2 connection per APNs host (rustls with
+//! ALPN h2; h2c to a plain `http://` endpoint), every send a stream on it, opened again when it
+//! closes. hyper's connection handle directly, not a client with a pool: reqwest's request and
+//! response layers cost a third of a bare HTTP/2 client's rate here, and hyper-util's pooled
+//! client a checkout per request on top (`bench_notify`, bench/results/notify.md); APNs needs
+//! none of what they add (redirects, cookies, decompression, many hosts).
 
 use std::{
-    sync::RwLock,
+    sync::{Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -16,13 +17,15 @@ use a2::{
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::{client::conn::http2::SendRequest, header::HeaderValue};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
+    client::legacy::connect::HttpConnector,
     rt::{TokioExecutor, TokioTimer},
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
+use tower_service::Service;
 
 use super::{
     push::{PushMessage, PushOutcome, network_error, retry_after},
@@ -34,12 +37,90 @@ use super::{
 const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 /// A send with no answer after this long is retried (with the same collapse id).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Apple closes connections idle for long; a ping keeps ours open and finds dead ones.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
 
 pub struct ApnsClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    production: Connection,
+    sandbox: Connection,
     settings: ApnsSettings,
     key: EncodingKey,
-    token: RwLock<Option<(String, Instant)>>,
+    /// The signed provider token as its `authorization` header value, and when it was signed.
+    token: RwLock<Option<(HeaderValue, Instant)>>,
+}
+
+/// One HTTP/2 connection to one APNs host, shared by every send.
+struct Connection {
+    base: String,
+    connector: HttpsConnector<HttpConnector>,
+    /// The open connection's handle; `None` before the first send and after it closed.
+    open: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    /// Held while connecting, so a burst of sends opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Connection {
+    fn new(base: &str) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        // Many small frames in flight: Nagle would hold each behind the previous one's ACK.
+        tcp.set_nodelay(true);
+        // Sends wait behind a connect in progress; an unreachable host fails them all at once.
+        tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp);
+        Connection {
+            base: base.trim_end_matches('/').to_owned(),
+            connector,
+            open: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn current(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let open = self.open.lock().expect("connection lock");
+        open.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    /// A handle on the open connection, connecting first when there is none.
+    async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        if let Some(sender) = self.current() {
+            return Ok(sender);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(sender) = self.current() {
+            return Ok(sender);
+        }
+        let uri: hyper::Uri = self
+            .base
+            .parse()
+            .map_err(|e| format!("APNs endpoint {}: {e}", self.base))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.base))?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(KEEP_ALIVE)
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {}: {e}", self.base))?;
+        let base = self.base.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(endpoint = %base, error = %e, "APNs connection closed");
+            }
+        });
+        *self.open.lock().expect("connection lock") = Some(sender.clone());
+        Ok(sender)
+    }
 }
 
 #[derive(Serialize)]
@@ -52,32 +133,22 @@ impl ApnsClient {
     pub fn new(settings: ApnsSettings) -> Result<Self, String> {
         let key = EncodingKey::from_ec_pem(settings.key_pem.as_bytes())
             .map_err(|e| format!("APNs key: {e}"))?;
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http2()
-            .build();
-        let http = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .http2_only(true)
-            .http2_keep_alive_interval(Duration::from_secs(60))
-            .http2_keep_alive_while_idle(true)
-            .build(connector);
         Ok(ApnsClient {
-            http,
+            production: Connection::new(&settings.endpoint),
+            sandbox: Connection::new(&settings.sandbox_endpoint),
             settings,
             key,
             token: RwLock::new(None),
         })
     }
 
-    /// The cached provider token, or a freshly signed one when it is older than 50 minutes.
-    pub fn provider_token(&self) -> Result<String, String> {
-        if let Some((token, at)) = &*self.token.read().expect("token lock")
+    /// The `authorization` header with the cached provider token, or with a freshly signed one
+    /// when it is older than 50 minutes.
+    pub fn authorization(&self) -> Result<HeaderValue, String> {
+        if let Some((value, at)) = &*self.token.read().expect("token lock")
             && at.elapsed() < TOKEN_LIFETIME
         {
-            return Ok(token.clone());
+            return Ok(value.clone());
         }
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.settings.key_id.clone());
@@ -91,8 +162,10 @@ impl ApnsClient {
         };
         let token = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| format!("signing the APNs token: {e}"))?;
-        *self.token.write().expect("token lock") = Some((token.clone(), Instant::now()));
-        Ok(token)
+        let value = HeaderValue::try_from(format!("bearer {token}"))
+            .map_err(|e| format!("APNs token as a header: {e}"))?;
+        *self.token.write().expect("token lock") = Some((value.clone(), Instant::now()));
+        Ok(value)
     }
 
     fn forget_token(&self) {
@@ -122,22 +195,22 @@ impl ApnsClient {
         topic: Option<&str>,
         message: &PushMessage<'_>,
     ) -> PushOutcome {
-        let bearer = match self.provider_token() {
-            Ok(token) => token,
+        let authorization = match self.authorization() {
+            Ok(value) => value,
             Err(e) => return PushOutcome::Failed(e),
         };
-        let base = if sandbox {
-            &self.settings.sandbox_endpoint
+        let connection = if sandbox {
+            &self.sandbox
         } else {
-            &self.settings.endpoint
+            &self.production
         };
-        let url = format!("{}/3/device/{device_token}", base.trim_end_matches('/'));
+        let url = format!("{}/3/device/{device_token}", connection.base);
         let request = hyper::Request::post(url)
-            .header("authorization", format!("bearer {bearer}"))
+            .header("authorization", authorization)
             .header("apns-push-type", "alert")
             .header("apns-topic", topic.unwrap_or(&self.settings.topic))
             .header("apns-priority", "10")
-            .header("apns-expiration", message.expires_at.to_string())
+            .header("apns-expiration", message.expires_at)
             .header("apns-collapse-id", message.send_id)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(Self::payload(message, device_token))));
@@ -146,7 +219,11 @@ impl ApnsClient {
             Err(e) => return PushOutcome::Failed(format!("APNs request: {e}")),
         };
         let exchange = async {
-            let response = self.http.request(request).await?;
+            let mut sender = connection.sender().await?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| e.to_string())?;
             let (parts, body) = response.into_parts();
             let body = match parts.status.as_u16() {
                 200 => Bytes::new(),
@@ -156,7 +233,7 @@ impl ApnsClient {
                     .map(|b| b.to_bytes())
                     .unwrap_or_default(),
             };
-            Ok::<_, hyper_util::client::legacy::Error>((parts, body))
+            Ok::<_, String>((parts, body))
         };
         let (parts, body) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
             Ok(Ok(answer)) => answer,

@@ -17,8 +17,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// waking for messages, not executing them). sqlx still pings every connection it takes back,
 /// off the request's path, and drops a broken one; a connection that broke while idle fails
 /// its next statement, which answers 503 (API) or retries (job) like any Postgres outage.
+///
+/// JIT compilation is off for our sessions: every statement here is short, but where a table
+/// grew faster than its statistics the planner's estimate passes `jit_above_cost` and Postgres
+/// compiles the statement with LLVM on every run — a sixth of all CPU in a push run
+/// (bench/results/notify.md, run 7).
 pub fn pool(url: &str, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options: PgConnectOptions = url.parse()?;
+    let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("jit", "off")]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .test_before_acquire(false)

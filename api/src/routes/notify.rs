@@ -456,7 +456,7 @@ impl NotifyApi {
                     COALESCE(json_agg(json_build_object(
                         'channel', d.channel, 'status', d.status, 'detail', d.detail,
                         'at', d.updated_at) ORDER BY d.channel, d.target)
-                        FILTER (WHERE d.id IS NOT NULL), '[]') AS deliveries
+                        FILTER (WHERE d.notification_id IS NOT NULL), '[]') AS deliveries
              FROM notifications n
              LEFT JOIN notification_deliveries d ON d.notification_id = n.id
              WHERE n.user_id = $1 AND ($2::uuid IS NULL OR n.id < $2)

@@ -607,20 +607,19 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
     // A row once `sent` stays so: a late run (a stopped worker's) cannot write it back.
     sqlx::query(
         "INSERT INTO notification_deliveries AS d
-             (id, notification_id, channel, target, send_id, status, detail, deferred_until,
+             (notification_id, channel, target, send_id, status, detail, deferred_until,
               attempts)
-         SELECT id, notification_id, channel, target, notification_id::text, status, detail,
+         SELECT notification_id, channel, target, notification_id::text, status, detail,
                 deferred_until, attempts
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[], $8::int[])
-             AS o(id, notification_id, channel, target, status, detail, deferred_until, attempts)
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::int[])
+             AS o(notification_id, channel, target, status, detail, deferred_until, attempts)
          ON CONFLICT (notification_id, channel, target) DO UPDATE
          SET status = EXCLUDED.status, detail = EXCLUDED.detail,
              deferred_until = COALESCE(EXCLUDED.deferred_until, d.deferred_until),
              attempts = d.attempts + EXCLUDED.attempts, updated_at = now()
          WHERE d.status <> 'sent'",
     )
-    .bind(outcomes.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
     .bind(
         outcomes
             .iter()

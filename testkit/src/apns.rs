@@ -1,6 +1,7 @@
-//! A local APNs endpoint speaking HTTP/2 (h2c): it checks the provider token (ES256 with a
-//! key generated per server, `kid`, `iss`, a recent `iat`) and the headers Apple requires,
-//! records every request, and answers what the test scripted per device token (200 otherwise).
+//! A local APNs endpoint speaking HTTP/2 (h2c, or over TLS with `start_tls`): it checks the
+//! provider token (ES256 with a key generated per server, `kid`, `iss`, a recent `iat`) and the
+//! headers Apple requires, records every request, and answers what the test scripted per device
+//! token (200 otherwise).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -12,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::Deserialize;
 
-use crate::http_server::{Received, reply, serve};
+use crate::http_server::{Received, reply, serve_with};
 
 pub const KEY_ID: &str = "TESTKEY123";
 pub const TEAM_ID: &str = "TEAM123456";
@@ -160,6 +161,15 @@ fn check_headers(headers: &HashMap<String, String>) -> Option<&'static str> {
 
 impl FakeApns {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same endpoint over TLS with a certificate from `ca` (HTTP/2 by ALPN), at `https://`.
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some(ca.server_config())).await
+    }
+
+    async fn start_with(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Self {
         let secret = p256::SecretKey::random(&mut rand_core::OsRng);
         let key_pem = secret
             .to_pkcs8_pem(LineEnding::LF)
@@ -172,14 +182,15 @@ impl FakeApns {
         let public = DecodingKey::from_ec_pem(public_pem.as_bytes()).expect("public key");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
-        let (addr, task) = serve(move |request: Received| {
+        let handler = move |request: Received| {
             let state = shared.clone();
             let public = public.clone();
             async move { Self::handle(request, &state, &public).await }
-        })
-        .await;
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (addr, task) = serve_with(handler, tls).await;
         FakeApns {
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             key_pem,
             state,
             task,

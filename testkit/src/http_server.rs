@@ -1,5 +1,5 @@
 //! A local HTTP server for the fake providers: HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on
-//! one listener, each request handed to an async function.
+//! one listener, or both over TLS (`serve_with`, ALPN), each request handed to an async function.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc};
 
@@ -38,6 +38,19 @@ where
     F: Fn(Received) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
+    serve_with(handler, None).await
+}
+
+/// As `serve`, over TLS with the given configuration when there is one.
+pub async fn serve_with<F, Fut>(
+    handler: F,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind a local port");
@@ -50,6 +63,7 @@ where
             };
             let _ = stream.set_nodelay(true);
             let handler = handler.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<Incoming>| {
                     let handler = handler.clone();
@@ -71,9 +85,21 @@ where
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http2().max_concurrent_streams(1000);
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return; // a failed handshake: the client sees it
+                        };
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
             });
         }
     });

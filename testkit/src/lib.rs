@@ -9,6 +9,7 @@ pub mod media;
 pub mod s3;
 pub mod smtp;
 pub mod stripe;
+pub mod tls;
 
 use std::{
     future::Future,
@@ -302,6 +303,21 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free port")
+}
+
+/// Runs a system tool (scripts/services installs them) and fails the test with its stderr
+/// unless it succeeds.
+pub fn run_tool(command: &mut std::process::Command) {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (scripts/services installs it): {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {:?}: {}",
+        command.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `within`.

@@ -38,15 +38,10 @@ pub async fn upload(
 
 /// Runs ffmpeg with `args` (quiet, overwriting), failing the test if it fails.
 pub fn ffmpeg(args: &[&str]) {
-    let output = Command::new("ffmpeg")
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-        .args(args)
-        .output()
-        .expect("ffmpeg on PATH (scripts/services installs it)");
-    assert!(
-        output.status.success(),
-        "ffmpeg {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
+    crate::run_tool(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+            .args(args),
     );
 }
 

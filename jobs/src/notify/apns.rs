@@ -4,7 +4,9 @@
 //! closes. hyper's connection handle directly, not a client with a pool: reqwest's request and
 //! response layers cost a third of a bare HTTP/2 client's rate here, and hyper-util's pooled
 //! client a checkout per request on top (`bench_notify`, bench/results/notify.md); APNs needs
-//! none of what they add (redirects, cookies, decompression, many hosts).
+//! none of what they add (redirects, cookies, decompression, many hosts). Apple's certificate is
+//! checked against the system's CA store (ca-certificates in the image; `SSL_CERT_FILE` or
+//! `SSL_CERT_DIR` point elsewhere), which is also how a test has it trust a local CA.
 
 use std::{
     sync::{Mutex, RwLock},
@@ -61,7 +63,7 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(base: &str) -> Self {
+    fn new(base: &str) -> Result<Self, String> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         // Many small frames in flight: Nagle would hold each behind the previous one's ACK.
@@ -69,16 +71,17 @@ impl Connection {
         // Sends wait behind a connect in progress; an unreachable host fails them all at once.
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_native_roots()
+            .map_err(|e| format!("APNs: the system's CA certificates: {e}"))?
             .https_or_http()
             .enable_http2()
             .wrap_connector(tcp);
-        Connection {
+        Ok(Connection {
             base: base.trim_end_matches('/').to_owned(),
             connector,
             open: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
-        }
+        })
     }
 
     fn current(&self) -> Option<SendRequest<Full<Bytes>>> {
@@ -134,8 +137,8 @@ impl ApnsClient {
         let key = EncodingKey::from_ec_pem(settings.key_pem.as_bytes())
             .map_err(|e| format!("APNs key: {e}"))?;
         Ok(ApnsClient {
-            production: Connection::new(&settings.endpoint),
-            sandbox: Connection::new(&settings.sandbox_endpoint),
+            production: Connection::new(&settings.endpoint)?,
+            sandbox: Connection::new(&settings.sandbox_endpoint)?,
             settings,
             key,
             token: RwLock::new(None),

@@ -1,0 +1,87 @@
+//! APNs over TLS, as in production: the `workers` binary pushes to an HTTPS HTTP/2 endpoint
+//! whose certificate a local CA signed. It checks the certificate against the system's CA
+//! store, so without that CA the push fails and waits for a retry; with the CA named in
+//! `SSL_CERT_FILE` the retry goes through.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Workers;
+
+use groundcrew_jobs::{
+    JobTx,
+    notify::{Category, Notification, notify},
+};
+use groundcrew_testkit::{TestEnv, apns::FakeApns, eventually, tls::TestCa};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
+    let env = TestEnv::new().await;
+    let ca = TestCa::new();
+    let apns = FakeApns::start_tls(&ca).await;
+    assert!(apns.url.starts_with("https://"), "{}", apns.url);
+    let dir = std::env::temp_dir().join(format!("gc-notify-tls-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let user = Uuid::now_v7();
+    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, 'tls_user')")
+        .bind(user)
+        .execute(&env.services.db)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO devices (id, token, user_id, platform) VALUES (gen_random_uuid(), 'tlsdevice', $1, 'apns')",
+    )
+    .bind(user)
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let id = notify(
+        &mut tx,
+        Notification::new(user, Category::Social, "Over TLS", "hello"),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let delivery = || async {
+        sqlx::query_as::<_, (String, Option<String>)>(
+            "SELECT status, detail FROM notification_deliveries WHERE notification_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&env.services.db)
+        .await
+        .unwrap()
+    };
+
+    // The system's CA store does not know the test CA: the handshake fails and the send waits.
+    let mut child_env = apns.child_env(&dir);
+    let untrusting = Workers::start(&env, "notify", 4, child_env.clone());
+    let (status, detail) = eventually(Duration::from_secs(30), "a failed first send", || async {
+        delivery().await
+    })
+    .await;
+    assert_eq!(status, "pending");
+    let detail = detail.unwrap_or_default();
+    assert!(detail.contains("certificate"), "{detail}");
+    assert_eq!(apns.request_count(), 0, "nothing reached the endpoint");
+    drop(untrusting);
+
+    // Trusting the CA, the retry is delivered over TLS.
+    child_env.push(("SSL_CERT_FILE".into(), ca.ca_file().display().to_string()));
+    let _trusting = Workers::start(&env, "notify", 4, child_env);
+    eventually(Duration::from_secs(30), "the push sent", || async {
+        delivery().await.filter(|(status, _)| status == "sent")
+    })
+    .await;
+    let requests = apns.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].device_token, "tlsdevice");
+    assert_eq!(requests[0].auth_error, None);
+    assert_eq!(
+        requests[0].header("apns-collapse-id"),
+        Some(&*id.to_string())
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use chrono::{DateTime, Timelike, Utc};
 use groundcrew_jobs::{
     JobTx, Queue,
     notify::{
-        Category, Deliver, Notification, Providers, SendWeeklyDigests, notify, notify_many,
+        Category, Deliver, Notification, Providers, SendWeeklyDigests, notify_many,
         settings::{NotifySettings, SmtpPool},
     },
     worker::PoolSpec,
@@ -56,24 +56,6 @@ async fn user(env: &TestEnv, email: Option<&str>, timezone: &str) -> Uuid {
     env.user_with(email, timezone).await
 }
 
-async fn device(env: &TestEnv, user_id: Uuid, token: &str, platform: &str) {
-    sqlx::query("INSERT INTO devices (id, token, user_id, platform) VALUES ($1, $2, $3, $4)")
-        .bind(Uuid::now_v7())
-        .bind(token)
-        .bind(user_id)
-        .bind(platform)
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-}
-
-async fn send(env: &TestEnv, notification: Notification) -> Uuid {
-    let mut tx = JobTx::begin(&env.services).await.unwrap();
-    let id = notify(&mut tx, notification).await.unwrap();
-    tx.commit().await.unwrap();
-    id
-}
-
 /// (target, status, detail) of every delivery of a notification, by target.
 async fn deliveries(env: &TestEnv, id: Uuid) -> Vec<(String, String, Option<String>)> {
     sqlx::query_as(
@@ -112,20 +94,23 @@ async fn apns_push_carries_a_signed_token_the_headers_and_the_a2_payload() {
     let apns = FakeApns::start().await;
     let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
     let alice = user(&env, None, "UTC").await;
-    device(&env, alice, "aaaa01", "apns").await;
+    env.device(alice, "aaaa01", "apns").await;
 
-    let first = send(
-        &env,
-        Notification::new(alice, Category::Social, "New follower", "@bob follows you")
-            .data(json!({"follower_id": "b0b", "n": 1})),
-    )
-    .await;
+    let first = env
+        .send(
+            Notification::new(alice, Category::Social, "New follower", "@bob follows you")
+                .data(json!({"follower_id": "b0b", "n": 1})),
+        )
+        .await;
     settled(&env, first, 1).await;
-    let second = send(
-        &env,
-        Notification::new(alice, Category::Social, "Again", "@carol too"),
-    )
-    .await;
+    let second = env
+        .send(Notification::new(
+            alice,
+            Category::Social,
+            "Again",
+            "@carol too",
+        ))
+        .await;
     settled(&env, second, 1).await;
 
     let requests = apns.requests();
@@ -166,7 +151,7 @@ async fn apns_errors_disable_dead_tokens_and_retry_after_the_asked_delay() {
     let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
     let alice = user(&env, None, "UTC").await;
     for token in ["t200", "t410", "tbad", "t429", "t503", "t400"] {
-        device(&env, alice, token, "apns").await;
+        env.device(alice, token, "apns").await;
     }
     let error = |status, reason, retry_after| ApnsReply::Error {
         status,
@@ -179,11 +164,14 @@ async fn apns_errors_disable_dead_tokens_and_retry_after_the_asked_delay() {
     apns.script("t503", vec![error(503, "ServiceUnavailable", None)]);
     apns.script("t400", vec![error(400, "BadTopic", None)]);
 
-    let id = send(
-        &env,
-        Notification::new(alice, Category::Picks, "Pick settled", "You won"),
-    )
-    .await;
+    let id = env
+        .send(Notification::new(
+            alice,
+            Category::Picks,
+            "Pick settled",
+            "You won",
+        ))
+        .await;
     let rows = settled(&env, id, 6).await;
 
     assert_eq!(status_of(&rows, "t200"), "sent");
@@ -231,7 +219,7 @@ async fn fcm_uses_one_oauth_token_and_maps_each_error() {
     let (env, _workers) = env_with(settings(None, Some(&fcm), None)).await;
     let alice = user(&env, None, "UTC").await;
     for token in ["f200", "funreg", "finvalid", "fquota", "funavail"] {
-        device(&env, alice, token, "fcm").await;
+        env.device(alice, token, "fcm").await;
     }
     let error = |status, rpc_status, error_code, retry_after| FcmReply::Error {
         status,
@@ -256,17 +244,17 @@ async fn fcm_uses_one_oauth_token_and_maps_each_error() {
         vec![error(503, "UNAVAILABLE", "UNAVAILABLE", None)],
     );
 
-    let id = send(
-        &env,
-        Notification::new(
-            alice,
-            Category::Payments,
-            "Payout sent",
-            "$90.91 is on its way",
+    let id = env
+        .send(
+            Notification::new(
+                alice,
+                Category::Payments,
+                "Payout sent",
+                "$90.91 is on its way",
+            )
+            .data(json!({"escrow_id": "e1", "cents": 9091})),
         )
-        .data(json!({"escrow_id": "e1", "cents": 9091})),
-    )
-    .await;
+        .await;
     let rows = settled(&env, id, 5).await;
 
     assert_eq!(fcm.assertion_errors(), Vec::<String>::new());
@@ -319,7 +307,7 @@ async fn quiet_hours_defer_push_to_the_end_of_the_window_and_category_off_skips(
     let apns = FakeApns::start().await;
     let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
     let night_owl = user(&env, None, "America/New_York").await;
-    device(&env, night_owl, "quiet1", "apns").await;
+    env.device(night_owl, "quiet1", "apns").await;
     // A window around the present New York time (the 22:00–07:00 arithmetic across midnight
     // and DST is covered by the unit tests in notify::preferences).
     let end = new_york_hh_mm(90);
@@ -334,16 +322,22 @@ async fn quiet_hours_defer_push_to_the_end_of_the_window_and_category_off_skips(
     .await
     .unwrap();
 
-    let id = send(
-        &env,
-        Notification::new(night_owl, Category::Social, "Late", "zzz"),
-    )
-    .await;
-    let promo = send(
-        &env,
-        Notification::new(night_owl, Category::Marketing, "Sale", "50%"),
-    )
-    .await;
+    let id = env
+        .send(Notification::new(
+            night_owl,
+            Category::Social,
+            "Late",
+            "zzz",
+        ))
+        .await;
+    let promo = env
+        .send(Notification::new(
+            night_owl,
+            Category::Marketing,
+            "Sale",
+            "50%",
+        ))
+        .await;
     let deferred_until: DateTime<Utc> = eventually(WITHIN, "the push to be deferred", || async {
         sqlx::query_scalar(
             "SELECT deferred_until FROM notification_deliveries
@@ -405,7 +399,7 @@ async fn a_bulk_send_applies_each_users_rules_and_its_retry_repeats_nothing_sent
         (gone, "bulk-gone"),
         (flaky, "bulk-flaky"),
     ] {
-        device(&env, owner, token, "apns").await;
+        env.device(owner, token, "apns").await;
     }
     sqlx::query(
         "INSERT INTO notification_preferences (user_id, quiet_start, quiet_end)
@@ -606,11 +600,8 @@ async fn the_weekly_digest_lists_the_week_once_and_only_for_those_who_want_it() 
         (busy, "Old news"),
         (opted_out, "Kim followed you"),
     ] {
-        send(
-            &env,
-            Notification::new(to, Category::Social, title, "details"),
-        )
-        .await;
+        env.send(Notification::new(to, Category::Social, title, "details"))
+            .await;
     }
     sqlx::query(
         "UPDATE notifications SET created_at = now() - interval '8 days' WHERE title = 'Old news'",
@@ -649,13 +640,11 @@ async fn the_weekly_digest_lists_the_week_once_and_only_for_those_who_want_it() 
 async fn without_credentials_deliveries_are_skipped_as_not_configured() {
     let (env, _workers) = env_with(settings(None, None, None)).await;
     let alice = user(&env, None, "UTC").await;
-    device(&env, alice, "noapns", "apns").await;
-    device(&env, alice, "nofcm", "fcm").await;
-    let id = send(
-        &env,
-        Notification::new(alice, Category::Social, "Hi", "there"),
-    )
-    .await;
+    env.device(alice, "noapns", "apns").await;
+    env.device(alice, "nofcm", "fcm").await;
+    let id = env
+        .send(Notification::new(alice, Category::Social, "Hi", "there"))
+        .await;
     let rows = settled(&env, id, 2).await;
     for row in rows {
         assert_eq!(

@@ -161,6 +161,30 @@ impl TestEnv {
         id
     }
 
+    /// A device of `user_id`'s, enabled, on `platform` (`apns` or `fcm`).
+    pub async fn device(&self, user_id: uuid::Uuid, token: &str, platform: &str) {
+        sqlx::query("INSERT INTO devices (id, token, user_id, platform) VALUES ($1, $2, $3, $4)")
+            .bind(uuid::Uuid::now_v7())
+            .bind(token)
+            .bind(user_id)
+            .bind(platform)
+            .execute(&self.services.db)
+            .await
+            .expect("insert device");
+    }
+
+    /// Records a notification in a committed transaction (its delivery job enqueued with it).
+    pub async fn send(&self, notification: groundcrew_jobs::notify::Notification) -> uuid::Uuid {
+        let mut tx = groundcrew_jobs::JobTx::begin(&self.services)
+            .await
+            .expect("begin");
+        let id = groundcrew_jobs::notify::notify(&mut tx, notification)
+            .await
+            .expect("notify");
+        tx.commit().await.expect("commit");
+        id
+    }
+
     /// How many of these notifications' deliveries are `sent`.
     pub async fn sent_deliveries(&self, notification_ids: &[uuid::Uuid]) -> usize {
         let sent: i64 = sqlx::query_scalar(

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use common::Workers;
 
-use groundcrew_jobs::{
-    JobTx,
-    notify::{Category, Notification, notify},
-};
+use groundcrew_jobs::notify::{Category, Notification};
 use groundcrew_testkit::{TestEnv, apns::FakeApns, eventually, tls::TestCa};
 use uuid::Uuid;
 
@@ -24,27 +21,16 @@ async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
     assert!(apns.url.starts_with("https://"), "{}", apns.url);
     let dir = std::env::temp_dir().join(format!("gc-notify-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let user = Uuid::now_v7();
-    sqlx::query("INSERT INTO users (id, handle) VALUES ($1, 'tls_user')")
-        .bind(user)
-        .execute(&env.services.db)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO devices (id, token, user_id, platform) VALUES (gen_random_uuid(), 'tlsdevice', $1, 'apns')",
-    )
-    .bind(user)
-    .execute(&env.services.db)
-    .await
-    .unwrap();
-    let mut tx = JobTx::begin(&env.services).await.unwrap();
-    let id = notify(
-        &mut tx,
-        Notification::new(user, Category::Social, "Over TLS", "hello"),
-    )
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
+    let user = env.user().await;
+    env.device(user, "tlsdevice", "apns").await;
+    let id = env
+        .send(Notification::new(
+            user,
+            Category::Social,
+            "Over TLS",
+            "hello",
+        ))
+        .await;
     let delivery = || async {
         sqlx::query_as::<_, (String, Option<String>)>(
             "SELECT status, detail FROM notification_deliveries WHERE notification_id = $1",

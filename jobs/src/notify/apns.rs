@@ -63,25 +63,30 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(base: &str) -> Result<Self, String> {
+    /// The connector both hosts share: rustls over TCP without Nagle, h2 by ALPN, checking
+    /// certificates against the system's store (read once, here).
+    fn connector() -> Result<HttpsConnector<HttpConnector>, String> {
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         // Many small frames in flight: Nagle would hold each behind the previous one's ACK.
         tcp.set_nodelay(true);
         // Sends wait behind a connect in progress; an unreachable host fails them all at once.
         tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        Ok(hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| format!("APNs: the system's CA certificates: {e}"))?
             .https_or_http()
             .enable_http2()
-            .wrap_connector(tcp);
-        Ok(Connection {
+            .wrap_connector(tcp))
+    }
+
+    fn new(base: &str, connector: HttpsConnector<HttpConnector>) -> Self {
+        Connection {
             base: base.trim_end_matches('/').to_owned(),
             connector,
             open: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
-        })
+        }
     }
 
     fn current(&self) -> Option<SendRequest<Full<Bytes>>> {
@@ -136,9 +141,10 @@ impl ApnsClient {
     pub fn new(settings: ApnsSettings) -> Result<Self, String> {
         let key = EncodingKey::from_ec_pem(settings.key_pem.as_bytes())
             .map_err(|e| format!("APNs key: {e}"))?;
+        let connector = Connection::connector()?;
         Ok(ApnsClient {
-            production: Connection::new(&settings.endpoint)?,
-            sandbox: Connection::new(&settings.sandbox_endpoint)?,
+            production: Connection::new(&settings.endpoint, connector.clone()),
+            sandbox: Connection::new(&settings.sandbox_endpoint, connector),
             settings,
             key,
             token: RwLock::new(None),

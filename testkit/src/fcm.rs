@@ -1,7 +1,8 @@
 //! A local FCM HTTP v1 endpoint with its OAuth2 token endpoint. The token endpoint checks the
 //! JWT-bearer assertion (RS256 with the key of a service account generated per server, `kid`,
 //! `iss`, `aud` = its own URL, the messaging scope); the send endpoint accepts only tokens it
-//! issued, records each message, and answers what the test scripted per device token.
+//! issued, records each message, and answers what the test scripted per device token. Both over
+//! plain http, or over TLS with `start_tls`.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -16,7 +17,7 @@ use rsa::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http_server::{Received, Reply, reply, serve};
+use crate::http_server::{Received, Reply, reply, serve_with};
 
 pub const PROJECT_ID: &str = "groundcrew-test";
 pub const CLIENT_EMAIL: &str = "push@groundcrew-test.iam.gserviceaccount.com";
@@ -41,6 +42,7 @@ pub struct FcmRequest {
     pub device_token: String,
     pub body: Value,
     pub status: u16,
+    pub version: hyper::Version,
 }
 
 #[derive(Default)]
@@ -70,6 +72,16 @@ struct AssertionClaims {
 
 impl FakeFcm {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Both endpoints over TLS with a certificate from `ca` (HTTP/2 or HTTP/1.1 by ALPN), at
+    /// `https://`; so is the service account's `token_uri`.
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some(ca.server_config())).await
+    }
+
+    async fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let private = RsaPrivateKey::new(&mut rand_core::OsRng, 2048).expect("RSA key");
         let private_pem = private
             .to_pkcs8_pem(LineEnding::LF)
@@ -84,14 +96,15 @@ impl FakeFcm {
         let shared = state.clone();
         let url_slot: Arc<Mutex<String>> = Arc::default();
         let url_in_handler = url_slot.clone();
-        let (addr, task) = serve(move |request: Received| {
+        let handler = move |request: Received| {
             let state = shared.clone();
             let public = public.clone();
             let token_uri = format!("{}/token", url_in_handler.lock().unwrap());
             async move { handle(request, &state, &public, &token_uri) }
-        })
-        .await;
-        let url = format!("http://{addr}");
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (addr, task) = serve_with(handler, tls).await;
+        let url = format!("{scheme}://{addr}");
         *url_slot.lock().unwrap() = url.clone();
         let credentials_json = json!({
             "type": "service_account",
@@ -145,6 +158,17 @@ impl FakeFcm {
         let path = dir.join("service-account.json");
         std::fs::write(&path, &self.credentials_json).expect("write the credentials");
         path
+    }
+
+    /// The environment a `workers` child needs to push here.
+    pub fn child_env(&self, dir: &std::path::Path) -> Vec<(String, String)> {
+        vec![
+            ("GROUNDCREW_FCM_ENDPOINT".into(), self.url.clone()),
+            (
+                "GROUNDCREW_FCM_CREDENTIALS_FILE".into(),
+                self.write_credentials(dir).display().to_string(),
+            ),
+        ]
     }
 }
 
@@ -264,6 +288,7 @@ fn handle(request: Received, state: &Mutex<State>, public: &DecodingKey, token_u
         device_token,
         body,
         status,
+        version: request.version,
     });
     response
 }

@@ -17,6 +17,8 @@ use hyper_util::{
 /// A request with its body read.
 pub struct Received {
     pub method: hyper::Method,
+    /// HTTP/1.1 or HTTP/2, as the client negotiated it.
+    pub version: hyper::Version,
     pub path: String,
     pub headers: hyper::HeaderMap,
     pub body: Bytes,
@@ -76,6 +78,7 @@ where
                             .unwrap_or_default();
                         let received = Received {
                             method: parts.method,
+                            version: parts.version,
                             path: parts.uri.path().to_owned(),
                             headers: parts.headers,
                             body,

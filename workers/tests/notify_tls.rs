@@ -1,28 +1,85 @@
-//! APNs over TLS, as in production: the `workers` binary pushes to an HTTPS HTTP/2 endpoint
-//! whose certificate a local CA signed. It checks the certificate against the system's CA
-//! store, so without that CA the push fails and waits for a retry; with the CA named in
-//! `SSL_CERT_FILE` the retry goes through.
+//! Push over TLS, as in production: the `workers` binary pushes to an HTTPS endpoint (APNs, or
+//! FCM and its token endpoint) whose certificate a local CA signed. It checks the certificate
+//! against the system's CA store, so without that CA the push fails and waits for a retry; with
+//! the CA named in `SSL_CERT_FILE` the retry goes through.
 
 mod common;
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use common::Workers;
 
 use groundcrew_jobs::notify::{Category, Notification};
-use groundcrew_testkit::{TestEnv, apns::FakeApns, eventually, tls::TestCa};
+use groundcrew_testkit::{TestEnv, apns::FakeApns, eventually, fcm::FakeFcm, tls::TestCa};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
-    let env = TestEnv::new().await;
     let ca = TestCa::new();
     let apns = FakeApns::start_tls(&ca).await;
     assert!(apns.url.starts_with("https://"), "{}", apns.url);
+    let id = delivered_once_trusted(
+        &ca,
+        "apns",
+        |dir| apns.child_env(dir),
+        || apns.request_count(),
+    )
+    .await;
+    let requests = apns.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].device_token, "tlsdevice");
+    assert_eq!(requests[0].auth_error, None);
+    assert_eq!(
+        requests[0].header("apns-collapse-id"),
+        Some(&*id.to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fcm_push_goes_over_tls_only_to_a_trusted_certificate() {
+    let ca = TestCa::new();
+    let fcm = FakeFcm::start_tls(&ca).await;
+    assert!(fcm.url.starts_with("https://"), "{}", fcm.url);
+    let id = delivered_once_trusted(
+        &ca,
+        "fcm",
+        |dir| fcm.child_env(dir),
+        || fcm.token_requests() + fcm.messages().len(),
+    )
+    .await;
+    assert_eq!(fcm.assertion_errors(), Vec::<String>::new());
+    assert_eq!(fcm.token_requests(), 1);
+    let messages = fcm.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].device_token, "tlsdevice");
+    assert_eq!(messages[0].status, 200);
+    assert_eq!(
+        messages[0].version,
+        hyper::Version::HTTP_2,
+        "HTTP/2 by ALPN, as to fcm.googleapis.com"
+    );
+    assert_eq!(
+        messages[0].body["message"]["android"]["collapse_key"],
+        id.to_string()
+    );
+}
+
+/// Notifies the owner of a `platform` device named `tlsdevice` and has a `workers` child push
+/// it with `provider_env` (given a directory for its files): first trusting only the system's
+/// CA store, which must leave the delivery pending on a certificate error with nothing
+/// `reached` at the provider, then with `SSL_CERT_FILE` naming `ca`, which must deliver it.
+/// Returns the notification's id.
+async fn delivered_once_trusted(
+    ca: &TestCa,
+    platform: &str,
+    provider_env: impl FnOnce(&Path) -> Vec<(String, String)>,
+    reached: impl Fn() -> usize,
+) -> Uuid {
+    let env = TestEnv::new().await;
     let dir = std::env::temp_dir().join(format!("gc-notify-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let user = env.user().await;
-    env.device(user, "tlsdevice", "apns").await;
+    env.device(user, "tlsdevice", platform).await;
     let id = env
         .send(Notification::new(
             user,
@@ -42,7 +99,7 @@ async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
     };
 
     // The system's CA store does not know the test CA: the handshake fails and the send waits.
-    let mut child_env = apns.child_env(&dir);
+    let mut child_env = provider_env(&dir);
     let untrusting = Workers::start(&env, "notify", 4, child_env.clone());
     let (status, detail) = eventually(Duration::from_secs(30), "a failed first send", || async {
         delivery().await
@@ -51,7 +108,7 @@ async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
     assert_eq!(status, "pending");
     let detail = detail.unwrap_or_default();
     assert!(detail.contains("certificate"), "{detail}");
-    assert_eq!(apns.request_count(), 0, "nothing reached the endpoint");
+    assert_eq!(reached(), 0, "nothing reached the endpoint");
     drop(untrusting);
 
     // Trusting the CA, the retry is delivered over TLS.
@@ -61,13 +118,6 @@ async fn apns_push_goes_over_tls_only_to_a_trusted_certificate() {
         delivery().await.filter(|(status, _)| status == "sent")
     })
     .await;
-    let requests = apns.requests();
-    assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].device_token, "tlsdevice");
-    assert_eq!(requests[0].auth_error, None);
-    assert_eq!(
-        requests[0].header("apns-collapse-id"),
-        Some(&*id.to_string())
-    );
     let _ = std::fs::remove_dir_all(&dir);
+    id
 }

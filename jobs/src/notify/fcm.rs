@@ -1,7 +1,8 @@
 //! FCM over the HTTP v1 API (`POST /v1/projects/{project}/messages:send`) with a service
 //! account's OAuth2 access token: a JWT-bearer assertion (RS256, signed with the account's key)
 //! is exchanged at the account's `token_uri`, and the token is reused until shortly before it
-//! expires.
+//! expires. Google's certificates are checked against the system's CA store, as for APNs
+//! (`SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere, e.g. at a proxy's CA); HTTP/2 by ALPN.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -131,7 +132,7 @@ impl FcmClient {
             .body(form)
             .send()
             .await
-            .map_err(|e| network_error("FCM token endpoint", &e))?;
+            .map_err(|e| network_error("FCM token endpoint", &with_causes(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let after = retry_after(response.headers());
@@ -207,7 +208,7 @@ impl FcmClient {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(e) => return network_error("FCM", &e),
+            Err(e) => return network_error("FCM", &with_causes(&e)),
         };
         let status = response.status().as_u16();
         if response.status().is_success() {
@@ -237,4 +238,18 @@ impl FcmClient {
             _ => PushOutcome::Failed(detail),
         }
     }
+}
+
+/// reqwest's own message is only "error sending request for url (…)"; why (a refused
+/// connection, an untrusted certificate) is in its sources, and the delivery's detail is where an
+/// operator looks for it.
+fn with_causes(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

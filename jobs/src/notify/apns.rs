@@ -96,9 +96,16 @@ impl Connection {
 
     /// A handle on the open connection, connecting first when there is none.
     async fn sender(&self) -> Result<SendRequest<Full<Bytes>>, String> {
-        if let Some(sender) = self.current() {
-            return Ok(sender);
+        match self.current() {
+            Some(sender) => Ok(sender),
+            // Boxed: the TLS and HTTP/2 handshakes' state is kilobytes, and unboxed it would be
+            // part of every send's future, which a batch holds a hundred of (moving and zeroing
+            // them was a tenth of the worker process's CPU; bench/results/notify.md, run 8).
+            None => Box::pin(self.connect()).await,
         }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
         let _connecting = self.connecting.lock().await;
         if let Some(sender) = self.current() {
             return Ok(sender);

@@ -167,7 +167,8 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
         "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
                 n.created_at, u.email AS address, u.handle, u.timezone,
                 p.categories, p.quiet_start, p.quiet_end, now() AS now,
-                EXISTS (SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
+                n.email IS NOT NULL AND EXISTS (
+                    SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
                     AS suppressed,
                 dv.tokens, dv.platforms, dv.app_ids, dv.sandbox,
                 dl.channels, dl.targets, dl.statuses, dl.deferred_until, dl.send_ids

@@ -91,12 +91,19 @@ impl FcmClient {
         })
     }
 
-    async fn access_token(&self) -> Result<String, PushOutcome> {
+    /// The cached OAuth2 access token, or a fresh one when it is about to expire.
+    pub async fn access_token(&self) -> Result<String, PushOutcome> {
         if let Some((token, until)) = &*self.token.read().await
             && Instant::now() < *until
         {
             return Ok(token.clone());
         }
+        // Boxed: the exchange's state would otherwise be part of every send's future, which a
+        // batch holds a hundred of (apns.rs says what that cost).
+        Box::pin(self.renew_token()).await
+    }
+
+    async fn renew_token(&self) -> Result<String, PushOutcome> {
         // One exchange at a time: senders that queued behind it reuse its token.
         let mut slot = self.token.write().await;
         if let Some((token, until)) = &*slot

@@ -2,10 +2,13 @@
 //!
 //! - `apns_bare_h2`: a bare HTTP/2 client (hyper, one connection, 256 streams in flight)
 //!   blasting the local APNs endpoint with the same signed requests — the physical limit here;
-//! - `apns_bare_client`: our APNs client's `send` alone (256 in flight: reqwest, the payload
-//!   built with a2; no queue, no Postgres) — what the client costs over the bare writes;
-//! - `apns_worker`: notifications through `notify.deliver` on an in-process notify pool
+//! - `apns_bare_client`: our APNs client's `send` alone (256 in flight: the payload built with
+//!   a2, the token, the headers; no queue, no Postgres) — what the client costs over the bare
+//!   writes;
+//! - `apns_worker`: notifications through `notify.deliver_batch` on an in-process notify pool
 //!   (preferences, delivery rows, sends, outcomes) to the same endpoint;
+//! - `fcm_bare_h2`: the same bare HTTP/2 client blasting the local FCM v1 endpoint with the
+//!   worker's request (its OAuth token fetched once) — FCM's physical limit here;
 //! - `fcm_bare_client`: our FCM client's `send` alone (256 in flight, no queue, no Postgres)
 //!   to the local FCM v1 endpoint — over plain http reqwest speaks HTTP/1.1 on a pool of
 //!   connections, as it would to FCM without TLS;
@@ -77,24 +80,39 @@ async fn main() {
         results.push((name, n as f64 / secs));
     };
     for run in 1..=runs {
+        // Each push phase starts from an empty request log (FakeApns::clear_requests says why).
         if selected("apns_bare_h2") {
-            record("apns_bare_h2", run, pushes, bare_h2(&apns, pushes).await);
+            apns.clear_requests();
+            record(
+                "apns_bare_h2",
+                run,
+                pushes,
+                apns_bare_h2(&apns, pushes).await,
+            );
         }
         if selected("apns_bare_client") {
+            apns.clear_requests();
             let client = ApnsClient::new(apns.settings()).expect("client");
             let secs = bare_client(PushClient::Apns(Box::new(client)), pushes).await;
             record("apns_bare_client", run, pushes, secs);
         }
         if selected("apns_worker") {
+            apns.clear_requests();
             let secs = through_worker(&env, &users[..pushes], false).await;
             record("apns_worker", run, pushes, secs);
         }
+        if selected("fcm_bare_h2") {
+            fcm.clear_messages();
+            record("fcm_bare_h2", run, pushes, fcm_bare_h2(&fcm, pushes).await);
+        }
         if selected("fcm_bare_client") {
+            fcm.clear_messages();
             let client = FcmClient::new(fcm.settings()).expect("client");
             let secs = bare_client(PushClient::Fcm(Box::new(client)), pushes).await;
             record("fcm_bare_client", run, pushes, secs);
         }
         if selected("fcm_worker") {
+            fcm.clear_messages();
             let secs = through_worker(&env, &android_users, false).await;
             record("fcm_worker", run, pushes, secs);
         }
@@ -108,6 +126,7 @@ async fn main() {
         "apns_bare_h2",
         "apns_bare_client",
         "apns_worker",
+        "fcm_bare_h2",
         "fcm_bare_client",
         "fcm_worker",
         "email_worker",
@@ -124,7 +143,8 @@ async fn main() {
     }
     for (name, ours, bare) in [
         ("apns_worker_vs_bare", "apns_worker", "apns_bare_h2"),
-        ("fcm_worker_vs_bare", "fcm_worker", "fcm_bare_client"),
+        ("fcm_worker_vs_bare", "fcm_worker", "fcm_bare_h2"),
+        ("fcm_worker_vs_client", "fcm_worker", "fcm_bare_client"),
     ] {
         let (Some(ours), Some(bare)) = (medians.get(ours), medians.get(bare)) else {
             continue;
@@ -164,6 +184,13 @@ async fn seed_users(env: &TestEnv, n: usize, platform: &str) -> Vec<Uuid> {
     users
 }
 
+/// Says so on stderr, for a profiler to start recording then (`perf record -a` from when the
+/// line appears leaves out seeding and enqueueing).
+fn timed_phase_starts() -> Instant {
+    eprintln!("timed phase starts");
+    Instant::now()
+}
+
 /// Seconds to deliver one notification (push, or a welcome email) to each user.
 async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
     let notifications = users
@@ -180,7 +207,7 @@ async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
     let mut tx = JobTx::begin(&env.services).await.unwrap();
     let ids = notify_many(&mut tx, notifications).await.unwrap();
     tx.commit().await.unwrap();
-    let started = Instant::now();
+    let started = timed_phase_starts();
     let workers = env.spawn_workers(vec![PoolSpec {
         queue: Queue::Notify,
         concurrency: CONCURRENCY,
@@ -224,7 +251,7 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let started = Instant::now();
+    let started = timed_phase_starts();
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..n {
         if sends.len() == IN_FLIGHT {
@@ -238,16 +265,15 @@ where
     started.elapsed().as_secs_f64()
 }
 
-/// The same requests the worker sends, without anything around them.
-async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
-    let client = ApnsClient::new(apns.settings()).expect("client");
-    let id = Uuid::now_v7();
-    let (send_id, data) = (id.to_string(), serde_json::json!({}));
-    let message = bench_message(id, &send_id, &data);
-    let body = Bytes::from(ApnsClient::payload(&message, "bench"));
-    let bearer = client.authorization().expect("token");
-    let addr = apns.url.trim_start_matches("http://").to_owned();
-    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+/// Seconds for `n` requests on one HTTP/2 connection (h2c) to `base`, `request(i)` the i-th:
+/// the physical limit of the endpoint here.
+async fn bare_h2(
+    base: &str,
+    n: usize,
+    request: impl Fn(usize) -> hyper::Request<Full<Bytes>>,
+) -> f64 {
+    let addr = base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -257,7 +283,25 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
     tokio::spawn(connection);
     blast(n, |i| {
         let mut sender = sender.clone();
-        let request = hyper::Request::post(format!("http://{addr}/3/device/bench{i}"))
+        let request = request(i);
+        async move {
+            let response = sender.send_request(request).await.expect("h2 request");
+            assert_eq!(response.status(), 200);
+        }
+    })
+    .await
+}
+
+/// The requests the APNs worker sends, without anything around them.
+async fn apns_bare_h2(apns: &FakeApns, n: usize) -> f64 {
+    let client = ApnsClient::new(apns.settings()).expect("client");
+    let id = Uuid::now_v7();
+    let (send_id, data) = (id.to_string(), serde_json::json!({}));
+    let message = bench_message(id, &send_id, &data);
+    let body = Bytes::from(ApnsClient::payload(&message, "bench"));
+    let bearer = client.authorization().expect("token");
+    bare_h2(&apns.url, n, |i| {
+        hyper::Request::post(format!("{}/3/device/bench{i}", apns.url))
             .header("authorization", &bearer)
             .header("apns-push-type", "alert")
             .header("apns-topic", groundcrew_testkit::apns::TOPIC)
@@ -265,11 +309,30 @@ async fn bare_h2(apns: &FakeApns, n: usize) -> f64 {
             .header("apns-expiration", message.expires_at.to_string())
             .header("apns-collapse-id", message.send_id)
             .body(Full::new(body.clone()))
-            .unwrap();
-        async move {
-            let response = sender.send_request(request).await.expect("h2 request");
-            assert_eq!(response.status(), 200);
-        }
+            .unwrap()
+    })
+    .await
+}
+
+/// The FCM v1 requests the worker sends, without anything around them.
+async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> f64 {
+    let settings = fcm.settings();
+    let url = format!(
+        "{}/v1/projects/{}/messages:send",
+        fcm.url, settings.account.project_id
+    );
+    let client = FcmClient::new(settings).expect("client");
+    let bearer = format!("Bearer {}", client.access_token().await.expect("token"));
+    let id = Uuid::now_v7();
+    let (send_id, data) = (id.to_string(), serde_json::json!({}));
+    let message = bench_message(id, &send_id, &data);
+    let body = Bytes::from(FcmClient::message(&message, "bench").to_string());
+    bare_h2(&fcm.url, n, |_| {
+        hyper::Request::post(&url)
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .unwrap()
     })
     .await
 }

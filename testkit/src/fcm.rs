@@ -136,6 +136,11 @@ impl FakeFcm {
         self.state.lock().unwrap().messages.clone()
     }
 
+    /// Forgets the messages so far (as `FakeApns::clear_requests`, for benchmark phases).
+    pub fn clear_messages(&self) {
+        self.state.lock().unwrap().messages = Vec::new();
+    }
+
     /// Access tokens issued (a cached token means one for many sends).
     pub fn token_requests(&self) -> usize {
         self.state.lock().unwrap().token_requests

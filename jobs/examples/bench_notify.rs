@@ -79,44 +79,40 @@ async fn main() {
         report(name, run, n, secs);
         results.push((name, n as f64 / secs));
     };
+    // Each phase starts from empty request logs (FakeApns::clear_requests says why).
+    let starts = |name: &str| {
+        apns.clear_requests();
+        fcm.clear_messages();
+        selected(name)
+    };
     for run in 1..=runs {
-        // Each push phase starts from an empty request log (FakeApns::clear_requests says why).
-        if selected("apns_bare_h2") {
-            apns.clear_requests();
-            record(
-                "apns_bare_h2",
-                run,
-                pushes,
-                apns_bare_h2(&apns, pushes).await,
-            );
+        if starts("apns_bare_h2") {
+            let secs = apns_bare_h2(&apns, pushes).await;
+            record("apns_bare_h2", run, pushes, secs);
         }
-        if selected("apns_bare_client") {
-            apns.clear_requests();
+        if starts("apns_bare_client") {
             let client = ApnsClient::new(apns.settings()).expect("client");
             let secs = bare_client(PushClient::Apns(Box::new(client)), pushes).await;
             record("apns_bare_client", run, pushes, secs);
         }
-        if selected("apns_worker") {
-            apns.clear_requests();
+        if starts("apns_worker") {
             let secs = through_worker(&env, &users[..pushes], false).await;
             record("apns_worker", run, pushes, secs);
         }
-        if selected("fcm_bare_h2") {
-            fcm.clear_messages();
-            record("fcm_bare_h2", run, pushes, fcm_bare_h2(&fcm, pushes).await);
+        if starts("fcm_bare_h2") {
+            let secs = fcm_bare_h2(&fcm, pushes).await;
+            record("fcm_bare_h2", run, pushes, secs);
         }
-        if selected("fcm_bare_client") {
-            fcm.clear_messages();
+        if starts("fcm_bare_client") {
             let client = FcmClient::new(fcm.settings()).expect("client");
             let secs = bare_client(PushClient::Fcm(Box::new(client)), pushes).await;
             record("fcm_bare_client", run, pushes, secs);
         }
-        if selected("fcm_worker") {
-            fcm.clear_messages();
+        if starts("fcm_worker") {
             let secs = through_worker(&env, &android_users, false).await;
             record("fcm_worker", run, pushes, secs);
         }
-        if selected("email_worker") {
+        if starts("email_worker") {
             let secs = through_worker(&env, &users[..emails], true).await;
             record("email_worker", run, emails, secs);
         }

@@ -1,22 +1,25 @@
 //! Push and email throughput, side by side in one run:
 //!
-//! - `apns_bare_h2`: a bare HTTP/2 client (hyper, one connection, 256 streams in flight)
-//!   blasting the local APNs endpoint with the same signed requests — the physical limit here;
+//! - `apns_bare_h2`: a bare HTTP/2 client (the `h2` crate, one connection, 256 streams in
+//!   flight) blasting the local APNs endpoint with the worker's requests, each built before the
+//!   clock starts (one per notification: its device token, collapse id and payload) — the
+//!   physical limit here;
+//! - `apns_bare_hyper`: the same with hyper's HTTP/2 client connection, the bare client of
+//!   earlier runs (hyper spawns a task per request: it is the slower of the two);
 //! - `apns_bare_client`: our APNs client's `send` alone (256 in flight: the payload built with
 //!   a2, the token, the headers; no queue, no Postgres) — what the client costs over the bare
 //!   writes;
 //! - `apns_worker`: notifications through `notify.deliver_batch` on an in-process notify pool
 //!   (preferences, delivery rows, sends, outcomes) to the same endpoint;
-//! - `fcm_bare_h2`: the same bare HTTP/2 client blasting the local FCM v1 endpoint with the
-//!   worker's request (its OAuth token fetched once) — FCM's physical limit here;
-//! - `fcm_bare_client`: our FCM client's `send` alone (256 in flight, no queue, no Postgres)
-//!   to the local FCM v1 endpoint — over plain http reqwest speaks HTTP/1.1 on a pool of
-//!   connections, as it would to FCM without TLS;
+//! - `fcm_bare_h2`: the bare `h2` client blasting the local FCM v1 endpoint with the worker's
+//!   requests (its OAuth token fetched once) — FCM's physical limit here;
+//! - `fcm_bare_client`: our FCM client's `send` alone (256 in flight, no queue, no Postgres);
 //! - `fcm_worker`: the same notifications to Android devices through the notify pool;
 //! - `email_worker`: welcome emails through the pool to a local aiosmtpd.
 //!
-//! Baseline and ours alternate (A B A B …) because the machine's cores are shared; each run
-//! prints a JSON line, then the medians. Needs local Postgres and Redis.
+//! The phases run one after another, each from empty request logs, and repeat `runs` times
+//! because the machine's cores are shared; each run prints a JSON line, then the medians. Needs
+//! local Postgres and Redis.
 //!
 //!     cargo run --release -p groundcrew-jobs --example bench_notify -- [pushes] [emails] [runs]
 
@@ -90,6 +93,10 @@ async fn main() {
             let secs = apns_bare_h2(&apns, pushes).await;
             record("apns_bare_h2", run, pushes, secs);
         }
+        if starts("apns_bare_hyper") {
+            let secs = apns_bare_hyper(&apns, pushes).await;
+            record("apns_bare_hyper", run, pushes, secs);
+        }
         if starts("apns_bare_client") {
             let client = ApnsClient::new(apns.settings()).expect("client");
             let secs = bare_client(PushClient::Apns(Box::new(client)), pushes).await;
@@ -120,6 +127,7 @@ async fn main() {
     let mut medians = serde_json::Map::new();
     for name in [
         "apns_bare_h2",
+        "apns_bare_hyper",
         "apns_bare_client",
         "apns_worker",
         "fcm_bare_h2",
@@ -139,6 +147,7 @@ async fn main() {
     }
     for (name, ours, bare) in [
         ("apns_worker_vs_bare", "apns_worker", "apns_bare_h2"),
+        ("apns_worker_vs_hyper", "apns_worker", "apns_bare_hyper"),
         ("fcm_worker_vs_bare", "fcm_worker", "fcm_bare_h2"),
         ("fcm_worker_vs_client", "fcm_worker", "fcm_bare_client"),
     ] {
@@ -261,26 +270,53 @@ where
     started.elapsed().as_secs_f64()
 }
 
-/// Seconds for `n` requests on one HTTP/2 connection (h2c) to `base`, `request(i)` the i-th:
-/// the physical limit of the endpoint here.
-async fn bare_h2(
-    base: &str,
-    n: usize,
-    request: impl Fn(usize) -> hyper::Request<Full<Bytes>>,
-) -> f64 {
-    let addr = base.trim_start_matches("http://");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+/// One request as the worker would send it: its head and its body.
+type Prepared = (hyper::Request<()>, Bytes);
+
+/// The TCP connection (h2c) a bare client opens to `base`.
+async fn connect(base: &str) -> tokio::net::TcpStream {
+    let stream = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
     stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Seconds for `requests` on one HTTP/2 connection (h2c) to `base` with the `h2` crate alone:
+/// the physical limit of the endpoint here.
+async fn bare_h2(base: &str, requests: Vec<Prepared>) -> f64 {
+    let io = connect(base).await;
+    let (sender, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let requests = requests_by_index(requests);
+    blast(requests.len(), |i| {
+        let sender = sender.clone();
+        let (head, body) = requests.take(i);
+        async move {
+            let mut sender = sender.ready().await.expect("h2 ready");
+            let (response, mut stream) = sender.send_request(head, false).expect("h2 request");
+            stream.send_data(body, true).expect("h2 body");
+            assert_eq!(response.await.expect("h2 response").status(), 200);
+        }
+    })
+    .await
+}
+
+/// The same requests with hyper's HTTP/2 client connection.
+async fn bare_hyper(base: &str, requests: Vec<Prepared>) -> f64 {
+    let io = hyper_util::rt::TokioIo::new(connect(base).await);
     let (sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .handshake::<_, Full<Bytes>>(io)
             .await
             .unwrap();
     tokio::spawn(connection);
-    blast(n, |i| {
+    let requests = requests_by_index(requests);
+    blast(requests.len(), |i| {
         let mut sender = sender.clone();
-        let request = request(i);
+        let (head, body) = requests.take(i);
         async move {
+            let request = hyper::Request::from_parts(head.into_parts().0, Full::new(body));
             let response = sender.send_request(request).await.expect("h2 request");
             assert_eq!(response.status(), 200);
         }
@@ -288,29 +324,63 @@ async fn bare_h2(
     .await
 }
 
-/// The requests the APNs worker sends, without anything around them.
-async fn apns_bare_h2(apns: &FakeApns, n: usize) -> f64 {
-    let client = ApnsClient::new(apns.settings()).expect("client");
-    let id = Uuid::now_v7();
-    let (send_id, data) = (id.to_string(), serde_json::json!({}));
-    let message = bench_message(id, &send_id, &data);
-    let body = Bytes::from(ApnsClient::payload(&message, "bench"));
-    let bearer = client.authorization().expect("token");
-    bare_h2(&apns.url, n, |i| {
-        hyper::Request::post(format!("{}/3/device/bench{i}", apns.url))
-            .header("authorization", &bearer)
-            .header("apns-push-type", "alert")
-            .header("apns-topic", groundcrew_testkit::apns::TOPIC)
-            .header("apns-priority", "10")
-            .header("apns-expiration", message.expires_at.to_string())
-            .header("apns-collapse-id", message.send_id)
-            .body(Full::new(body.clone()))
-            .unwrap()
-    })
-    .await
+/// Prepared requests a blast takes by index, each once.
+struct ByIndex(Vec<std::sync::Mutex<Option<Prepared>>>);
+
+fn requests_by_index(requests: Vec<Prepared>) -> ByIndex {
+    ByIndex(
+        requests
+            .into_iter()
+            .map(|r| std::sync::Mutex::new(Some(r)))
+            .collect(),
+    )
 }
 
-/// The FCM v1 requests the worker sends, without anything around them.
+impl ByIndex {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn take(&self, i: usize) -> Prepared {
+        self.0[i].lock().unwrap().take().expect("each request once")
+    }
+}
+
+/// The requests the APNs worker sends for `n` notifications, without anything around them.
+fn apns_requests(apns: &FakeApns, n: usize) -> Vec<Prepared> {
+    let client = ApnsClient::new(apns.settings()).expect("client");
+    let bearer = client.authorization().expect("token");
+    let data = serde_json::json!({});
+    (0..n)
+        .map(|i| {
+            let id = Uuid::now_v7();
+            let send_id = id.to_string();
+            let message = bench_message(id, &send_id, &data);
+            let token = format!("bench{i}");
+            let head = hyper::Request::post(format!("{}/3/device/{token}", apns.url))
+                .header("authorization", &bearer)
+                .header("apns-push-type", "alert")
+                .header("apns-topic", groundcrew_testkit::apns::TOPIC)
+                .header("apns-priority", "10")
+                .header("apns-expiration", message.expires_at)
+                .header("apns-collapse-id", message.send_id)
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            (head, Bytes::from(ApnsClient::payload(&message, &token)))
+        })
+        .collect()
+}
+
+async fn apns_bare_h2(apns: &FakeApns, n: usize) -> f64 {
+    bare_h2(&apns.url, apns_requests(apns, n)).await
+}
+
+async fn apns_bare_hyper(apns: &FakeApns, n: usize) -> f64 {
+    bare_hyper(&apns.url, apns_requests(apns, n)).await
+}
+
+/// The FCM v1 requests the worker sends for `n` notifications, without anything around them.
 async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> f64 {
     let settings = fcm.settings();
     let url = format!(
@@ -319,18 +389,22 @@ async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> f64 {
     );
     let client = FcmClient::new(settings).expect("client");
     let bearer = format!("Bearer {}", client.access_token().await.expect("token"));
-    let id = Uuid::now_v7();
-    let (send_id, data) = (id.to_string(), serde_json::json!({}));
-    let message = bench_message(id, &send_id, &data);
-    let body = Bytes::from(FcmClient::message(&message, "bench").to_string());
-    bare_h2(&fcm.url, n, |_| {
-        hyper::Request::post(&url)
-            .header("authorization", &bearer)
-            .header("content-type", "application/json")
-            .body(Full::new(body.clone()))
-            .unwrap()
-    })
-    .await
+    let data = serde_json::json!({});
+    let requests = (0..n)
+        .map(|i| {
+            let id = Uuid::now_v7();
+            let send_id = id.to_string();
+            let message = bench_message(id, &send_id, &data);
+            let head = hyper::Request::post(&url)
+                .header("authorization", &bearer)
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            let body = FcmClient::message(&message, &format!("bench{i}")).to_string();
+            (head, Bytes::from(body))
+        })
+        .collect();
+    bare_h2(&fcm.url, requests).await
 }
 
 /// A push client benchmarked alone.

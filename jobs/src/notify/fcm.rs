@@ -1,17 +1,22 @@
 //! FCM over the HTTP v1 API (`POST /v1/projects/{project}/messages:send`) with a service
 //! account's OAuth2 access token: a JWT-bearer assertion (RS256, signed with the account's key)
 //! is exchanged at the account's `token_uri`, and the token is reused until shortly before it
-//! expires. Google's certificates are checked against the system's CA store, as for APNs
-//! (`SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere, e.g. at a proxy's CA); HTTP/2 by ALPN.
+//! expires. Sends share one HTTP/2 connection ([`super::http2::Host`], as APNs's do); the token
+//! exchange, a request an hour, goes through reqwest. Google's certificates are checked against
+//! the system's CA store (`SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere, e.g. at a proxy's
+//! CA).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
+use hyper::Request;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::{RwLock, Semaphore};
+use tokio::sync::RwLock;
 
 use super::{
+    http2::{self, Host},
     push::{PushMessage, PushOutcome, network_error, retry_after},
     settings::FcmSettings,
 };
@@ -19,19 +24,20 @@ use super::{
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
 /// A token is renewed this long before Google says it expires, so no send races its expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
-/// Requests one client has open at once. Where HTTP/2 is not negotiated (plain http, a proxy)
-/// reqwest opens a connection per concurrent request: a notify pool of 64 batches of 100 opened
-/// 6,400 at once, overflowed the listener's backlog and stalled on SYN retransmits (measured:
-/// 25,598 listen drops, 591 push/s). 256 is what the bare-client benchmark needs to saturate
-/// the local endpoint.
-const MAX_IN_FLIGHT: usize = 256;
 
 pub struct FcmClient {
+    /// The token endpoint's client.
     http: reqwest::Client,
+    /// The v1 endpoint's connection. One HTTP/2 connection, not reqwest's pool: over plain
+    /// http reqwest spoke HTTP/1.1 and opened a connection per concurrent request (a notify
+    /// pool of 64 batches of 100 opened 6,400 at once and stalled on the listener's backlog).
+    sends: Host,
+    /// `/v1/projects/{project}/messages:send` under the endpoint.
+    send_url: String,
     settings: FcmSettings,
     key: EncodingKey,
+    /// The access token, and until when to use it.
     token: RwLock<Option<(String, Instant)>>,
-    in_flight: Semaphore,
 }
 
 #[derive(Serialize)]
@@ -82,12 +88,22 @@ impl FcmClient {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| format!("FCM HTTP client: {e}"))?;
+        let sends = Host::new(
+            &settings.endpoint,
+            http2::connector().map_err(|e| format!("FCM: {e}"))?,
+        );
+        let send_url = format!(
+            "{}/v1/projects/{}/messages:send",
+            sends.base(),
+            settings.account.project_id
+        );
         Ok(FcmClient {
             http,
+            sends,
+            send_url,
             settings,
             key,
             token: RwLock::new(None),
-            in_flight: Semaphore::new(MAX_IN_FLIGHT),
         })
     }
 
@@ -196,33 +212,31 @@ impl FcmClient {
     }
 
     pub async fn send(&self, device_token: &str, message: &PushMessage<'_>) -> PushOutcome {
-        let _permit = self.in_flight.acquire().await.expect("never closed");
         let token = match self.access_token().await {
             Ok(token) => token,
             Err(outcome) => return outcome,
         };
-        let url = format!(
-            "{}/v1/projects/{}/messages:send",
-            self.settings.endpoint.trim_end_matches('/'),
-            self.settings.account.project_id
-        );
-        let response = self
-            .http
-            .post(url)
-            .bearer_auth(token)
-            .json(&Self::message(message, device_token))
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return network_error("FCM", &with_causes(&e)),
+        let head = Request::post(&self.send_url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(());
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => return PushOutcome::Failed(format!("FCM request: {e}")),
         };
-        let status = response.status().as_u16();
-        if response.status().is_success() {
+        let body = Bytes::from(Self::message(message, device_token).to_string());
+        let answer = match self.sends.send(head, body).await {
+            Ok(answer) => answer,
+            Err(e) => return network_error("FCM", &e),
+        };
+        let status = answer.status.as_u16();
+        if answer.status.is_success() {
             return PushOutcome::Sent;
         }
-        let after = retry_after(response.headers());
-        let error = response.json::<ErrorResponse>().await.ok().map(|e| e.error);
+        let after = retry_after(&answer.headers);
+        let error = serde_json::from_slice::<ErrorResponse>(&answer.body)
+            .ok()
+            .map(|e| e.error);
         let code = error.as_ref().map(ErrorStatus::code).unwrap_or("");
         let detail = match &error {
             Some(e) => format!("FCM {status} {code}: {}", e.message),

@@ -8,6 +8,7 @@ mod deliver;
 pub mod digest;
 pub mod email;
 pub mod fcm;
+mod http2;
 pub mod preferences;
 pub mod push;
 pub mod settings;

@@ -1,0 +1,193 @@
+//! One HTTP/2 connection to one provider host, shared by every send: each send a stream on it,
+//! the connection opened again when it closes. APNs asks providers for exactly this (and serves
+//! nothing else); Google's FCM endpoint serves it too.
+//!
+//! Built on the `h2` crate, not on hyper's client: hyper's HTTP/2 client spawns a task per
+//! request to drive its body and answer, and in the push benchmark that task machinery was
+//! about 10 µs of CPU per push, as much as everything else the client does (perf,
+//! bench/results/notify.md run 9). A push is one small body written at once and a short
+//! answer: nothing in it needs a task of its own.
+//!
+//! Certificates are checked against the system's CA store (ca-certificates in the image;
+//! `SSL_CERT_FILE` or `SSL_CERT_DIR` point elsewhere), which is also how a test has the client
+//! trust a local CA. A plain `http://` base speaks h2c (prior knowledge).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{client::legacy::connect::HttpConnector, rt::TokioIo};
+use tower_service::Service;
+
+/// A send with no answer after this long is retried (with the same collapse id).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Providers close connections idle for long; a ping this often keeps ours open, and one
+/// unanswered for [`PING_TIMEOUT`] closes a connection that died without a word.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The connector every host shares: rustls over TCP without Nagle, h2 by ALPN, checking
+/// certificates against the system's store (read once, here).
+pub fn connector() -> Result<HttpsConnector<HttpConnector>, String> {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    // Many small frames in flight: Nagle would hold each behind the previous one's ACK.
+    tcp.set_nodelay(true);
+    // Sends wait behind a connect in progress; an unreachable host fails them all at once.
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("the system's CA certificates: {e}"))?
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(tcp))
+}
+
+/// What a provider answered.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    /// Read only when the status is not a success: a success's body says nothing we keep.
+    pub body: Bytes,
+}
+
+pub struct Host {
+    base: String,
+    connector: HttpsConnector<HttpConnector>,
+    /// The open connection; `None` before the first send and after it closed.
+    open: Mutex<Option<Open>>,
+    /// Held while connecting, so a burst of sends opens one connection, not one each.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Open {
+    sender: h2::client::SendRequest<Bytes>,
+    /// Set by the connection's task when the connection ends (GOAWAY, reset, failed ping).
+    closed: Arc<AtomicBool>,
+}
+
+impl Host {
+    pub fn new(base: &str, connector: HttpsConnector<HttpConnector>) -> Self {
+        Host {
+            base: base.trim_end_matches('/').to_owned(),
+            connector,
+            open: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The base URL, without a trailing slash: requests' URIs start with it.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends `head` (its URI absolute, under [`Host::base`]) with `body` on a stream of the
+    /// connection, and waits for the answer. `Err` is a network error: whether the request
+    /// arrived is unknown.
+    pub async fn send(&self, head: Request<()>, body: Bytes) -> Result<Answer, String> {
+        let exchange = async {
+            let sender = self.sender().await?.ready().await;
+            let mut sender = sender.map_err(|e| e.to_string())?;
+            let (answer, mut stream) = sender
+                .send_request(head, false)
+                .map_err(|e| e.to_string())?;
+            stream.send_data(body, true).map_err(|e| e.to_string())?;
+            let (parts, mut received) = answer.await.map_err(|e| e.to_string())?.into_parts();
+            let mut body = BytesMut::new();
+            if !parts.status.is_success() {
+                while let Some(chunk) = received.data().await {
+                    let chunk = chunk.map_err(|e| e.to_string())?;
+                    let _ = received.flow_control().release_capacity(chunk.len());
+                    body.extend_from_slice(&chunk);
+                }
+            }
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.freeze(),
+            })
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(answer) => answer,
+            Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+        }
+    }
+
+    fn current(&self) -> Option<h2::client::SendRequest<Bytes>> {
+        let open = self.open.lock().expect("connection lock");
+        open.as_ref()
+            .filter(|o| !o.closed.load(Ordering::Acquire))
+            .map(|o| o.sender.clone())
+    }
+
+    /// A handle on the open connection, connecting first when there is none.
+    async fn sender(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        match self.current() {
+            Some(sender) => Ok(sender),
+            // Boxed: the TLS and HTTP/2 handshakes' state is kilobytes, and unboxed it would be
+            // part of every send's future, which a batch holds a hundred of (moving and zeroing
+            // them was a tenth of the worker process's CPU; bench/results/notify.md, run 8).
+            None => Box::pin(self.connect()).await,
+        }
+    }
+
+    async fn connect(&self) -> Result<h2::client::SendRequest<Bytes>, String> {
+        let _connecting = self.connecting.lock().await;
+        if let Some(sender) = self.current() {
+            return Ok(sender);
+        }
+        let uri: hyper::Uri = self
+            .base
+            .parse()
+            .map_err(|e| format!("endpoint {}: {e}", self.base))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.base))?;
+        let (sender, mut connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {}: {e}", self.base))?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let mut ping_pong = connection.ping_pong().expect("taken once, here");
+        let (base, ended) = (self.base.clone(), closed.clone());
+        tokio::spawn(async move {
+            let keep_alive = async {
+                loop {
+                    tokio::time::sleep(KEEP_ALIVE).await;
+                    match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque()))
+                        .await
+                    {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return e.to_string(),
+                        Err(_) => return "no answer to a ping".to_owned(),
+                    }
+                }
+            };
+            // Dropping the connection closes it; its streams fail and are retried.
+            let why = tokio::select! {
+                ended = connection => ended.err().map(|e| e.to_string()),
+                failed = keep_alive => Some(failed),
+            };
+            ended.store(true, Ordering::Release);
+            tracing::debug!(endpoint = %base, error = ?why, "HTTP/2 connection closed");
+        });
+        *self.open.lock().expect("connection lock") = Some(Open {
+            sender: sender.clone(),
+            closed,
+        });
+        Ok(sender)
+    }
+}

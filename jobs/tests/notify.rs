@@ -462,6 +462,55 @@ async fn a_bulk_send_applies_each_users_rules_and_its_retry_repeats_nothing_sent
     assert_eq!(depth.scheduled, 1, "one wake-up, for the night owl only");
 }
 
+/// A notify pool's first burst on a new connection is larger than the server's stream limit:
+/// it waits for the server's settings and then for free streams instead of opening streams
+/// the server refuses, so nothing is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_servers_stream_limit_is_sent_once_without_retries() {
+    const PUSHES: i32 = 2_000;
+    let apns = FakeApns::start_with_stream_limit(16).await;
+    let mut env = TestEnv::new().await;
+    env.services.notify =
+        Arc::new(Providers::new(settings(Some(&apns), None, None)).expect("providers"));
+    let users: Vec<Uuid> = sqlx::query_scalar(
+        "WITH u AS (SELECT gen_random_uuid() AS id, n FROM generate_series(1, $1) AS n),
+              users AS (INSERT INTO users (id, handle) SELECT id, 'burst_' || n FROM u)
+         INSERT INTO devices (id, token, user_id, platform)
+         SELECT gen_random_uuid(), 'burst-' || n, id, 'apns' FROM u RETURNING user_id",
+    )
+    .bind(PUSHES)
+    .fetch_all(&env.services.db)
+    .await
+    .unwrap();
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let notifications = users
+        .iter()
+        .map(|u| Notification::new(*u, Category::Social, "New follower", "@a follows you"))
+        .collect();
+    let ids = notify_many(&mut tx, notifications).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Started after the enqueue: every batch at once, 2,000 sends on the first connection.
+    let _workers = env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 32,
+    }]);
+    eventually(WITHIN, "every push of the burst to be sent", || async {
+        (env.sent_deliveries(&ids).await == users.len()).then_some(())
+    })
+    .await;
+    let retried: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM notification_deliveries
+         WHERE notification_id = ANY($1) AND attempts > 1",
+    )
+    .bind(&ids)
+    .fetch_one(&env.services.db)
+    .await
+    .unwrap();
+    assert_eq!(retried, 0, "no send was refused and retried");
+    assert_eq!(apns.request_count(), users.len(), "each push arrived once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_suppressed() {
     let smtp = SmtpServer::start();

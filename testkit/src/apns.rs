@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::Deserialize;
 
-use crate::http_server::{Received, reply, serve_with};
+use crate::http_server::{Received, STREAM_LIMIT, reply, serve_with};
 
 pub const KEY_ID: &str = "TESTKEY123";
 pub const TEAM_ID: &str = "TEAM123456";
@@ -161,15 +161,21 @@ fn check_headers(headers: &HashMap<String, String>) -> Option<&'static str> {
 
 impl FakeApns {
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, STREAM_LIMIT).await
     }
 
     /// The same endpoint over TLS with a certificate from `ca` (HTTP/2 by ALPN), at `https://`.
     pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
-        Self::start_with(Some(ca.server_config())).await
+        Self::start_with(Some(ca.server_config()), STREAM_LIMIT).await
     }
 
-    async fn start_with(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Self {
+    /// The endpoint allowing a connection only `limit` streams at once: a stream opened
+    /// beyond it is refused (REFUSED_STREAM).
+    pub async fn start_with_stream_limit(limit: u32) -> Self {
+        Self::start_with(None, limit).await
+    }
+
+    async fn start_with(tls: Option<std::sync::Arc<rustls::ServerConfig>>, limit: u32) -> Self {
         let secret = p256::SecretKey::random(&mut rand_core::OsRng);
         let key_pem = secret
             .to_pkcs8_pem(LineEnding::LF)
@@ -188,7 +194,7 @@ impl FakeApns {
             async move { Self::handle(request, &state, &public).await }
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let (addr, task) = serve_with(handler, tls).await;
+        let (addr, task) = serve_with(handler, tls, limit).await;
         FakeApns {
             url: format!("{scheme}://{addr}"),
             key_pem,

@@ -17,7 +17,7 @@ use rsa::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http_server::{Received, Reply, reply, serve_with};
+use crate::http_server::{Received, Reply, STREAM_LIMIT, reply, serve_with};
 
 pub const PROJECT_ID: &str = "groundcrew-test";
 pub const CLIENT_EMAIL: &str = "push@groundcrew-test.iam.gserviceaccount.com";
@@ -103,7 +103,7 @@ impl FakeFcm {
             async move { handle(request, &state, &public, &token_uri) }
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let (addr, task) = serve_with(handler, tls).await;
+        let (addr, task) = serve_with(handler, tls, STREAM_LIMIT).await;
         let url = format!("{scheme}://{addr}");
         *url_slot.lock().unwrap() = url.clone();
         let credentials_json = json!({

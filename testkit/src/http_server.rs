@@ -40,13 +40,19 @@ where
     F: Fn(Received) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
-    serve_with(handler, None).await
+    serve_with(handler, None, STREAM_LIMIT).await
 }
 
-/// As `serve`, over TLS with the given configuration when there is one.
+/// The HTTP/2 streams a connection may have open at once unless a server says otherwise
+/// (what APNs allows a provider connection).
+pub const STREAM_LIMIT: u32 = 1000;
+
+/// As `serve`, over TLS with the given configuration when there is one, and with
+/// `stream_limit` as HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS.
 pub async fn serve_with<F, Fut>(
     handler: F,
     tls: Option<Arc<rustls::ServerConfig>>,
+    stream_limit: u32,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
     F: Fn(Received) -> Fut + Send + Sync + 'static,
@@ -87,7 +93,7 @@ where
                     }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder.http2().max_concurrent_streams(1000);
+                builder.http2().max_concurrent_streams(stream_limit);
                 match tls {
                     None => {
                         let _ = builder

@@ -156,6 +156,13 @@ impl Host {
             .await
             .map_err(|e| format!("connecting to {}: {e}", self.base))?;
         let (sender, mut connection) = h2::client::Builder::new()
+            // One stream until the server's SETTINGS say how many it allows: h2 assumes no limit
+            // until then, and a notify pool's first burst opened 6,400 streams; the local APNs
+            // server refused those over its 1,000 and, at 1,024 refusals, closed the connection
+            // as abusive (GOAWAY too_many_internal_resets), so every send on it was retried.
+            // hyper's 100 would still be too many for a server allowing fewer. The cost is the
+            // first burst waiting for the server's SETTINGS, which come first on a connection.
+            .initial_max_send_streams(1)
             .enable_push(false)
             .handshake(TokioIo::new(io))
             .await

@@ -511,6 +511,89 @@ async fn a_burst_beyond_the_servers_stream_limit_is_sent_once_without_retries() 
     assert_eq!(apns.request_count(), users.len(), "each push arrived once");
 }
 
+/// A row another run writes between this run's read and its write (a worker presumed dead
+/// that woke up) is never written over: the run's insert meets it and the run writes again
+/// with the guarded upsert, which leaves a `sent` row as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_sent_between_a_runs_read_and_write_stays_sent() {
+    let apns = FakeApns::start().await;
+    let mut env = TestEnv::new().await;
+    env.services.notify =
+        Arc::new(Providers::new(settings(Some(&apns), None, None)).expect("providers"));
+    let alice = user(&env, None, "UTC").await;
+    env.device(alice, "late-token", "apns").await;
+    env.device(alice, "fresh-token", "apns").await;
+    apns.script(
+        "late-token",
+        vec![ApnsReply::Error {
+            status: 410,
+            reason: "Unregistered",
+            retry_after: None,
+        }],
+    );
+    let id = env
+        .send(Notification::new(alice, Category::Social, "Hi", "there"))
+        .await;
+
+    // The other run's write, not committed yet: invisible to this run's read, in the way of
+    // its insert.
+    let mut other = env.services.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO notification_deliveries
+             (notification_id, channel, target, send_id, status, attempts)
+         VALUES ($1, 'apns', 'late-token', $1::text, 'sent', 7)",
+    )
+    .bind(id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let _workers = env.spawn_workers(vec![PoolSpec {
+        queue: Queue::Notify,
+        concurrency: 2,
+    }]);
+    eventually(
+        WITHIN,
+        "the run's insert to wait on the other's row",
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+             WHERE wait_event_type = 'Lock'
+               AND query LIKE 'INSERT INTO notification_deliveries%'",
+            )
+            .fetch_one(&env.services.db)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    other.commit().await.unwrap();
+
+    eventually(WITHIN, "the run to finish", || async {
+        let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+        (depth.pending + depth.scheduled + depth.running == 0).then_some(())
+    })
+    .await;
+    assert!(!device_enabled(&env, "late-token").await, "410 disables it");
+    let rows: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT target, status, attempts FROM notification_deliveries
+         WHERE notification_id = $1 ORDER BY target",
+    )
+    .bind(id)
+    .fetch_all(&env.services.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("fresh-token".into(), "sent".into(), 1),
+            ("late-token".into(), "sent".into(), 7),
+        ],
+        "the late failure did not write over the sent row; the new row was written"
+    );
+    assert_eq!(apns.request_count(), 2, "one send each, no retry");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_suppressed() {
     let smtp = SmtpServer::start();

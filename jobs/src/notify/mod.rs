@@ -196,7 +196,7 @@ pub async fn notify_many(
     )
     .execute(tx.conn())
     .await?;
-    // Bulk sends go in batches: two statements of delivery bookkeeping per batch instead of
+    // Bulk sends go in batches: three statements of delivery bookkeeping per batch instead of
     // per notification.
     if let [notification_id] = ids[..] {
         tx.enqueue(&Deliver { notification_id }).await?;

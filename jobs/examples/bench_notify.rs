@@ -296,7 +296,14 @@ async fn bare_h2(base: &str, requests: Vec<Prepared>) -> f64 {
             let mut sender = sender.ready().await.expect("h2 ready");
             let (response, mut stream) = sender.send_request(head, false).expect("h2 request");
             stream.send_data(body, true).expect("h2 body");
-            assert_eq!(response.await.expect("h2 response").status(), 200);
+            let response = response.await.expect("h2 response");
+            assert_eq!(response.status(), 200);
+            // To its end, as the worker reads it: a stream dropped early is reset.
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("h2 response body");
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
         }
     })
     .await

@@ -102,11 +102,15 @@ impl Host {
                 .map_err(|e| e.to_string())?;
             stream.send_data(body, true).map_err(|e| e.to_string())?;
             let (parts, mut received) = answer.await.map_err(|e| e.to_string())?.into_parts();
+            // Read to its end even when it is not kept: a stream dropped before its end is
+            // reset, and h2 closes a connection as abusive after 1,024 resets of its own (FCM
+            // answers 200 with a body; dropping those closed the connection every few
+            // thousand sends, and each send on it was retried).
             let mut body = BytesMut::new();
-            if !parts.status.is_success() {
-                while let Some(chunk) = received.data().await {
-                    let chunk = chunk.map_err(|e| e.to_string())?;
-                    let _ = received.flow_control().release_capacity(chunk.len());
+            while let Some(chunk) = received.data().await {
+                let chunk = chunk.map_err(|e| e.to_string())?;
+                let _ = received.flow_control().release_capacity(chunk.len());
+                if !parts.status.is_success() {
                     body.extend_from_slice(&chunk);
                 }
             }

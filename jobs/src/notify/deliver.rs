@@ -744,9 +744,25 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
     })
 }
 
-/// Writes the rows of these outcomes with one statement: a plain insert, or (`guarded`) an
-/// upsert that writes over an existing row unless it is `sent`, so a late run (a stopped
-/// worker's) cannot write a sent row back.
+/// The rows of a batch's outcomes, one per array element.
+const INSERT_ROWS: &str = "INSERT INTO notification_deliveries AS d
+         (notification_id, channel, target, send_id, status, detail, deferred_until, attempts)
+     SELECT notification_id, channel, target, notification_id::text, status, detail,
+            deferred_until, attempts
+     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                 $6::timestamptz[], $7::int[])
+         AS o(notification_id, channel, target, status, detail, deferred_until, attempts)";
+
+/// What makes the insert a guarded write: an existing row is written over unless it is `sent`,
+/// so a late run (a stopped worker's) cannot write a sent row back.
+const UNLESS_SENT: &str = "ON CONFLICT (notification_id, channel, target) DO UPDATE
+     SET status = EXCLUDED.status, detail = EXCLUDED.detail,
+         deferred_until = COALESCE(EXCLUDED.deferred_until, d.deferred_until),
+         attempts = d.attempts + EXCLUDED.attempts, updated_at = now()
+     WHERE d.status <> 'sent'";
+
+/// Writes the rows of these outcomes with one statement: a plain insert, or (`guarded`) the
+/// insert with [`UNLESS_SENT`].
 async fn write_rows(
     conn: &mut PgConnection,
     outcomes: &[&Outcome],
@@ -764,30 +780,11 @@ async fn write_rows(
         }
     };
     let sql = if guarded {
-        "INSERT INTO notification_deliveries AS d
-             (notification_id, channel, target, send_id, status, detail, deferred_until,
-              attempts)
-         SELECT notification_id, channel, target, notification_id::text, status, detail,
-                deferred_until, attempts
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::int[])
-             AS o(notification_id, channel, target, status, detail, deferred_until, attempts)
-         ON CONFLICT (notification_id, channel, target) DO UPDATE
-         SET status = EXCLUDED.status, detail = EXCLUDED.detail,
-             deferred_until = COALESCE(EXCLUDED.deferred_until, d.deferred_until),
-             attempts = d.attempts + EXCLUDED.attempts, updated_at = now()
-         WHERE d.status <> 'sent'"
+        format!("{INSERT_ROWS} {UNLESS_SENT}")
     } else {
-        "INSERT INTO notification_deliveries
-             (notification_id, channel, target, send_id, status, detail, deferred_until,
-              attempts)
-         SELECT notification_id, channel, target, notification_id::text, status, detail,
-                deferred_until, attempts
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::int[])
-             AS o(notification_id, channel, target, status, detail, deferred_until, attempts)"
+        INSERT_ROWS.to_owned()
     };
-    sqlx::query(sql)
+    sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(
             outcomes
                 .iter()

@@ -364,15 +364,8 @@ fn apns_requests(apns: &FakeApns, n: usize) -> Vec<Prepared> {
             let send_id = id.to_string();
             let message = bench_message(id, &send_id, &data);
             let token = format!("bench{i}");
-            let head = hyper::Request::post(format!("{}/3/device/{token}", apns.url))
-                .header("authorization", &bearer)
-                .header("apns-push-type", "alert")
-                .header("apns-topic", groundcrew_testkit::apns::TOPIC)
-                .header("apns-priority", "10")
-                .header("apns-expiration", message.expires_at)
-                .header("apns-collapse-id", message.send_id)
-                .header("content-type", "application/json")
-                .body(())
+            let head = client
+                .head(&apns.url, &token, None, bearer.clone(), &message)
                 .unwrap();
             (head, Bytes::from(ApnsClient::payload(&message, &token)))
         })
@@ -389,24 +382,15 @@ async fn apns_bare_hyper(apns: &FakeApns, n: usize) -> f64 {
 
 /// The FCM v1 requests the worker sends for `n` notifications, without anything around them.
 async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> f64 {
-    let settings = fcm.settings();
-    let url = format!(
-        "{}/v1/projects/{}/messages:send",
-        fcm.url, settings.account.project_id
-    );
-    let client = FcmClient::new(settings).expect("client");
-    let bearer = format!("Bearer {}", client.access_token().await.expect("token"));
+    let client = FcmClient::new(fcm.settings()).expect("client");
+    let token = client.access_token().await.expect("token");
     let data = serde_json::json!({});
     let requests = (0..n)
         .map(|i| {
             let id = Uuid::now_v7();
             let send_id = id.to_string();
             let message = bench_message(id, &send_id, &data);
-            let head = hyper::Request::post(&url)
-                .header("authorization", &bearer)
-                .header("content-type", "application/json")
-                .body(())
-                .unwrap();
+            let head = client.head(&token).unwrap();
             let body = FcmClient::message(&message, &format!("bench{i}")).to_string();
             (head, Bytes::from(body))
         })

@@ -41,10 +41,16 @@ fn settings(
     }
 }
 
-/// A test database whose services push and mail to the given servers, with a notify pool.
-async fn env_with(settings: NotifySettings) -> (TestEnv, InProcess) {
+/// A test database whose services push and mail to the given servers; no pool runs yet.
+async fn env_for(settings: NotifySettings) -> TestEnv {
     let mut env = TestEnv::new().await;
     env.services.notify = Arc::new(Providers::new(settings).expect("providers"));
+    env
+}
+
+/// A test database whose services push and mail to the given servers, with a notify pool.
+async fn env_with(settings: NotifySettings) -> (TestEnv, InProcess) {
+    let env = env_for(settings).await;
     let workers = env.spawn_workers(vec![PoolSpec {
         queue: Queue::Notify,
         concurrency: 8,
@@ -469,9 +475,7 @@ async fn a_bulk_send_applies_each_users_rules_and_its_retry_repeats_nothing_sent
 async fn a_burst_beyond_the_servers_stream_limit_is_sent_once_without_retries() {
     const PUSHES: i32 = 2_000;
     let apns = FakeApns::start_with_stream_limit(16).await;
-    let mut env = TestEnv::new().await;
-    env.services.notify =
-        Arc::new(Providers::new(settings(Some(&apns), None, None)).expect("providers"));
+    let env = env_for(settings(Some(&apns), None, None)).await;
     let users: Vec<Uuid> = sqlx::query_scalar(
         "WITH u AS (SELECT gen_random_uuid() AS id, n FROM generate_series(1, $1) AS n),
               users AS (INSERT INTO users (id, handle) SELECT id, 'burst_' || n FROM u)
@@ -517,9 +521,7 @@ async fn a_burst_beyond_the_servers_stream_limit_is_sent_once_without_retries() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_sent_between_a_runs_read_and_write_stays_sent() {
     let apns = FakeApns::start().await;
-    let mut env = TestEnv::new().await;
-    env.services.notify =
-        Arc::new(Providers::new(settings(Some(&apns), None, None)).expect("providers"));
+    let env = env_for(settings(Some(&apns), None, None)).await;
     let alice = user(&env, None, "UTC").await;
     env.device(alice, "late-token", "apns").await;
     env.device(alice, "fresh-token", "apns").await;

@@ -101,6 +101,27 @@ impl ApnsClient {
         payload.to_json_string().expect("payload serializes")
     }
 
+    /// The request head of a push to `device_token` at the APNs host `base` (the benchmark's
+    /// bare client sends these too).
+    pub fn head(
+        &self,
+        base: &str,
+        device_token: &str,
+        topic: Option<&str>,
+        authorization: HeaderValue,
+        message: &PushMessage<'_>,
+    ) -> Result<Request<()>, hyper::http::Error> {
+        Request::post(format!("{base}/3/device/{device_token}"))
+            .header("authorization", authorization)
+            .header("apns-push-type", "alert")
+            .header("apns-topic", topic.unwrap_or(&self.settings.topic))
+            .header("apns-priority", "10")
+            .header("apns-expiration", message.expires_at)
+            .header("apns-collapse-id", message.send_id)
+            .header("content-type", "application/json")
+            .body(())
+    }
+
     pub async fn send(
         &self,
         device_token: &str,
@@ -117,15 +138,7 @@ impl ApnsClient {
         } else {
             &self.production
         };
-        let head = Request::post(format!("{}/3/device/{device_token}", host.base()))
-            .header("authorization", authorization)
-            .header("apns-push-type", "alert")
-            .header("apns-topic", topic.unwrap_or(&self.settings.topic))
-            .header("apns-priority", "10")
-            .header("apns-expiration", message.expires_at)
-            .header("apns-collapse-id", message.send_id)
-            .header("content-type", "application/json")
-            .body(());
+        let head = self.head(host.base(), device_token, topic, authorization, message);
         let head = match head {
             Ok(head) => head,
             Err(e) => return PushOutcome::Failed(format!("APNs request: {e}")),

@@ -211,16 +211,21 @@ impl FcmClient {
         })
     }
 
+    /// The request head of a send with this access token (the benchmark's bare client sends
+    /// these too).
+    pub fn head(&self, access_token: &str) -> Result<Request<()>, hyper::http::Error> {
+        Request::post(&self.send_url)
+            .header("authorization", format!("Bearer {access_token}"))
+            .header("content-type", "application/json")
+            .body(())
+    }
+
     pub async fn send(&self, device_token: &str, message: &PushMessage<'_>) -> PushOutcome {
         let token = match self.access_token().await {
             Ok(token) => token,
             Err(outcome) => return outcome,
         };
-        let head = Request::post(&self.send_url)
-            .header("authorization", format!("Bearer {token}"))
-            .header("content-type", "application/json")
-            .body(());
-        let head = match head {
+        let head = match self.head(&token) {
             Ok(head) => head,
             Err(e) => return PushOutcome::Failed(format!("FCM request: {e}")),
         };

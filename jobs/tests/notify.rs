@@ -517,22 +517,38 @@ async fn a_burst_beyond_the_servers_stream_limit_is_sent_once_without_retries() 
 
 /// A row another run writes between this run's read and its write (a worker presumed dead
 /// that woke up) is never written over: the run's insert meets it and the run writes again
-/// with the guarded upsert, which leaves a `sent` row as it is.
+/// with the guarded upsert, which leaves a `sent` row as it is. Here the run's own send of that
+/// row fails late (a dead token), so its write is a transaction with the device's disabling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_sent_between_a_runs_read_and_write_stays_sent() {
+    row_sent_between_read_and_write(true).await;
+}
+
+/// The same when the run has nothing but new rows to write, which it does with one statement
+/// outside a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_sent_between_a_runs_read_and_its_lone_insert_stays_sent() {
+    row_sent_between_read_and_write(false).await;
+}
+
+/// Another run's `sent` row for `late-token` lands while this run's insert waits on it; the
+/// run's own send of that token is answered 410 when `dead_token`, 200 otherwise.
+async fn row_sent_between_read_and_write(dead_token: bool) {
     let apns = FakeApns::start().await;
     let env = env_for(settings(Some(&apns), None, None)).await;
     let alice = user(&env, None, "UTC").await;
     env.device(alice, "late-token", "apns").await;
     env.device(alice, "fresh-token", "apns").await;
-    apns.script(
-        "late-token",
-        vec![ApnsReply::Error {
-            status: 410,
-            reason: "Unregistered",
-            retry_after: None,
-        }],
-    );
+    if dead_token {
+        apns.script(
+            "late-token",
+            vec![ApnsReply::Error {
+                status: 410,
+                reason: "Unregistered",
+                retry_after: None,
+            }],
+        );
+    }
     let id = env
         .send(Notification::new(alice, Category::Social, "Hi", "there"))
         .await;
@@ -576,7 +592,11 @@ async fn a_row_sent_between_a_runs_read_and_write_stays_sent() {
         (depth.pending + depth.scheduled + depth.running == 0).then_some(())
     })
     .await;
-    assert!(!device_enabled(&env, "late-token").await, "410 disables it");
+    assert_eq!(
+        device_enabled(&env, "late-token").await,
+        !dead_token,
+        "a 410 disables the device"
+    );
     let rows: Vec<(String, String, i32)> = sqlx::query_as(
         "SELECT target, status, attempts FROM notification_deliveries
          WHERE notification_id = $1 ORDER BY target",
@@ -591,7 +611,7 @@ async fn a_row_sent_between_a_runs_read_and_write_stays_sent() {
             ("fresh-token".into(), "sent".into(), 1),
             ("late-token".into(), "sent".into(), 7),
         ],
-        "the late failure did not write over the sent row; the new row was written"
+        "the run did not write over the sent row; the new row was written"
     );
     assert_eq!(apns.request_count(), 2, "one send each, no retry");
 }

@@ -3,7 +3,7 @@
 //! enabled device, the user's email address). Three statements per run, whatever the batch
 //! size: read the notifications with their users' preferences and devices, then the delivery
 //! rows they already have; after the sends, write every row's outcome (in one transaction with
-//! the wake-ups of new deferrals and the disabling of dead tokens).
+//! the wake-ups of new deferrals and the disabling of dead tokens when there are any).
 //!
 //! A delivery row is written once its outcome is known, not before the send: a run that dies
 //! between its sends and the write leaves no row, and the re-run sends again with the same
@@ -237,10 +237,10 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
     // The ids are compared with `ANY` of an InitPlan's array, not of `$1` itself: with `$1`,
     // each of a connection's first five runs was planned for its 100 literal ids, and priced
     // against 100 index probes Postgres chose to read `notifications` in full (2 ms of 2.4 a
-    // batch at 20,000 notifications). On a pool of 20 fresh
-    // connections that was half the batches of a 20,000-push run: 8–10 ms a batch on average
-    // in Postgres, 1.3–1.4 now. Behind the InitPlan every plan looks the ids up, and after five
-    // runs the plan is kept, not made again.
+    // batch at 20,000 notifications). On a pool of 20 fresh connections that was half the
+    // batches of a 20,000-push run: 8–10 ms a batch on average in Postgres, 1.3–1.4 now.
+    // Behind the InitPlan every plan looks the ids up, and after five runs the plan is kept,
+    // not made again.
     let rows: Vec<FoundRow> = sqlx::query_as(
         "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
                 n.created_at, u.email AS address, u.handle, u.timezone,

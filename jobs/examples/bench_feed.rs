@@ -128,6 +128,7 @@ fn context(env: &TestEnv) -> JobContext {
         id: Uuid::now_v7(),
         attempt: 1,
         max_attempts: 1,
+        first_run: true,
         worker_id: Arc::from("bench"),
         request_id: None,
         services: env.services.clone(),

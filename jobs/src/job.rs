@@ -111,6 +111,12 @@ pub struct JobContext {
     pub id: Uuid,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// No worker held this job before: it is the job's first lease, so no earlier run of it
+    /// can have done any of its work. Unlike `attempt == 1`, false after a hand-back at
+    /// shutdown (which gives the attempt back, though the run may have done part of the work),
+    /// and after a revive; false too for a job handed back before it started (the lease does
+    /// not tell the two apart), which costs a handler only the check it would skip.
+    pub first_run: bool,
     pub worker_id: Arc<str>,
     pub request_id: Option<String>,
     pub services: Services,

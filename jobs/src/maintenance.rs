@@ -69,12 +69,16 @@ impl Job for Canary {
     };
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        sqlx::query("INSERT INTO canary_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
-            .bind(ctx.id)
-            .bind(ctx.attempt as i32)
-            .bind(&*ctx.worker_id)
-            .execute(&ctx.services.db)
-            .await?;
+        sqlx::query(
+            "INSERT INTO canary_attempts (job_id, attempt, first_run, worker_id)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(ctx.id)
+        .bind(ctx.attempt as i32)
+        .bind(ctx.first_run)
+        .bind(&*ctx.worker_id)
+        .execute(&ctx.services.db)
+        .await?;
         if self.hold_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.hold_ms)).await;
         }

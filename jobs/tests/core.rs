@@ -268,6 +268,14 @@ async fn failing_job_backs_off_to_max_attempts_then_is_dead_and_retryable() {
     )
     .await;
     workers.shutdown().await;
+
+    // Only the very first run is a first run; a revived job starts its attempts over, not that.
+    let runs = env.canary_runs(id).await;
+    let mut expected: Vec<(i32, Option<bool>)> = (1..=max as i32)
+        .map(|attempt| (attempt, Some(attempt == 1)))
+        .collect();
+    expected.push((1, Some(false)));
+    assert_eq!(runs[..=max], expected[..], "attempts and first runs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -172,6 +172,7 @@ async fn phone_photo_becomes_three_upright_renditions(backend: Backend) {
         id: Uuid::now_v7(),
         attempt: 1,
         max_attempts: 5,
+        first_run: true,
         worker_id: "test".into(),
         request_id: None,
         services: env.services.clone(),

@@ -197,6 +197,18 @@ impl TestEnv {
         .expect("count sent deliveries");
         sent as usize
     }
+
+    /// Each run of a `maintenance.canary` job in order: its attempt and whether it was the
+    /// job's first run.
+    pub async fn canary_runs(&self, job_id: uuid::Uuid) -> Vec<(i32, Option<bool>)> {
+        sqlx::query_as(
+            "SELECT attempt, first_run FROM canary_attempts WHERE job_id = $1 ORDER BY at",
+        )
+        .bind(job_id)
+        .fetch_all(&self.services.db)
+        .await
+        .expect("canary runs")
+    }
 }
 
 impl Drop for TestEnv {

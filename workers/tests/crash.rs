@@ -232,4 +232,17 @@ async fn sigterm_finishes_or_hands_back_every_job() {
     let all: Vec<Uuid> = short.iter().chain(&long).chain(&queued).copied().collect();
     wait_for_count(&env, EFFECTS, 60, Duration::from_secs(30), "every job").await;
     assert_all_done_once(&env, &all).await;
+
+    // A job handed back gets its attempt back, but its next run is not a first run: the one
+    // handed back may have done part of its work. (Queued jobs the stopped worker had fetched
+    // but not started are handed back too, and may run either way.)
+    for (jobs, expected) in [
+        (&short, vec![(1, Some(true))]),
+        (&long, vec![(1, Some(true)), (1, Some(false))]),
+    ] {
+        for id in jobs {
+            let runs = env.canary_runs(*id).await;
+            assert_eq!(runs, expected, "runs of job {id}");
+        }
+    }
 }

@@ -380,6 +380,7 @@ async fn quiet_hours_defer_push_to_the_end_of_the_window_and_category_off_skips(
     let mut tx = JobTx::begin(&env.services).await.unwrap();
     tx.enqueue(&Deliver {
         notification_id: id,
+        first_delivery: false,
     })
     .await
     .unwrap();
@@ -650,6 +651,7 @@ async fn email_arrives_once_with_both_parts_and_list_unsubscribe_and_never_to_su
     let mut tx = JobTx::begin(&env.services).await.unwrap();
     tx.enqueue(&Deliver {
         notification_id: ids[0],
+        first_delivery: false,
     })
     .await
     .unwrap();

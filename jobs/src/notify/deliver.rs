@@ -1,9 +1,10 @@
 //! `notify.deliver` (one notification) and `notify.deliver_batch` (up to [`BATCH`], what
 //! `notify_many` enqueues for bulk sends): each notification to every target it has (each
-//! enabled device, the user's email address). Three statements per run, whatever the batch
-//! size: read the notifications with their users' preferences and devices, then the delivery
-//! rows they already have; after the sends, write every row's outcome (in one transaction with
-//! the wake-ups of new deferrals and the disabling of dead tokens when there are any).
+//! enabled device, the user's email address). At most three statements per run, whatever the
+//! batch size: read the notifications with their users' preferences and devices, then the
+//! delivery rows they already have (unless the run is the first delivery of new notifications,
+//! which have none); after the sends, write every row's outcome (in one transaction with the
+//! wake-ups of new deferrals and the disabling of dead tokens when there are any).
 //!
 //! A delivery row is written once its outcome is known, not before the send: a run that dies
 //! between its sends and the write leaves no row, and the re-run sends again with the same
@@ -45,6 +46,9 @@ use crate::{
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Deliver {
     pub notification_id: Uuid,
+    /// See [`DeliverBatch::first_delivery`].
+    #[serde(default)]
+    pub first_delivery: bool,
 }
 
 impl Job for Deliver {
@@ -60,7 +64,7 @@ impl Job for Deliver {
     };
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        deliver(&ctx, &[self.notification_id]).await
+        deliver(&ctx, &[self.notification_id], self.first_delivery).await
     }
 }
 
@@ -74,6 +78,12 @@ pub const BATCH: usize = 100;
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeliverBatch {
     pub notification_ids: Vec<Uuid>,
+    /// Enqueued by `notify` with its notifications, which no other job delivers: a first run
+    /// of this job (`JobContext::first_run`) finds no delivery rows, and does not read them.
+    /// False (jobs enqueued before the field existed too) for wake-ups of deferrals and
+    /// continued emails.
+    #[serde(default)]
+    pub first_delivery: bool,
 }
 
 impl Job for DeliverBatch {
@@ -82,7 +92,7 @@ impl Job for DeliverBatch {
     const POLICY: Policy = Deliver::POLICY;
 
     async fn run(self, ctx: JobContext) -> Result<(), JobError> {
-        deliver(&ctx, &self.notification_ids).await
+        deliver(&ctx, &self.notification_ids, self.first_delivery).await
     }
 }
 
@@ -220,7 +230,11 @@ struct Message {
     handle: Option<String>,
 }
 
-async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobError> {
+async fn deliver(
+    ctx: &JobContext,
+    notification_ids: &[Uuid],
+    first_delivery: bool,
+) -> Result<(), JobError> {
     let services = &ctx.services;
     // Both reads on one connection: sqlx answers a round trip (a ping) for every connection
     // given back to the pool. It goes back before the sends, which take milliseconds.
@@ -241,6 +255,9 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
     // batches of a 20,000-push run: 8–10 ms a batch on average in Postgres, 1.3–1.4 now.
     // Behind the InitPlan every plan looks the ids up, and after five runs the plan is kept,
     // not made again.
+    // The user's row is looked up only for what needs it, an email (address, handle) or quiet
+    // hours (time zone): a push-only notification to a user without quiet hours, a bulk send's
+    // usual case, skips the probe (a One-Time Filter on the fenced subquery).
     let rows: Vec<FoundRow> = sqlx::query_as(
         "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
                 n.created_at, u.email AS address, u.handle, u.timezone,
@@ -250,8 +267,11 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
                     AS suppressed,
                 d.token, d.platform, d.app_id, d.sandbox
          FROM notifications n
-         LEFT JOIN users u ON u.id = n.user_id
          LEFT JOIN notification_preferences p ON p.user_id = n.user_id
+         LEFT JOIN LATERAL (
+             SELECT u.email, u.handle, u.timezone FROM users u
+             WHERE (n.email IS NOT NULL OR p.quiet_start IS NOT NULL) AND u.id = n.user_id
+             OFFSET 0) u ON true
          LEFT JOIN LATERAL (
              SELECT d.token, d.platform, d.app_id, d.environment = 'sandbox' AS sandbox
              FROM devices d WHERE n.push AND d.user_id = n.user_id AND d.enabled OFFSET 0) d
@@ -292,16 +312,22 @@ async fn deliver(ctx: &JobContext, notification_ids: &[Uuid]) -> Result<(), JobE
     };
     // Read after the notifications, in a snapshot of its own: a row another run wrote in
     // between only makes the plan more current, and one written after the read is what
-    // `record_outcomes` guards against anyway.
-    let delivered: Vec<ExistingRow> = sqlx::query_as(
-        "SELECT x.notification_id, x.channel, x.target, x.status, x.deferred_until, x.send_id
+    // `record_outcomes` guards against anyway. Not read at all by the first run of the job
+    // `notify` enqueued with its notifications: no other job has delivered them, and no run of
+    // this one started before (a run handed back at shutdown leaves `first_run` false).
+    let delivered: Vec<ExistingRow> = if first_delivery && ctx.first_run {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT x.notification_id, x.channel, x.target, x.status, x.deferred_until, x.send_id
          FROM unnest($1::uuid[]) AS i(id)
          CROSS JOIN LATERAL (
              SELECT * FROM notification_deliveries x WHERE x.notification_id = i.id OFFSET 0) x",
-    )
-    .bind(notification_ids)
-    .fetch_all(&mut *conn)
-    .await?;
+        )
+        .bind(notification_ids)
+        .fetch_all(&mut *conn)
+        .await?
+    };
     drop(conn);
     let mut existing: HashMap<Uuid, HashMap<(String, String), Existing>> = HashMap::new();
     for d in delivered {
@@ -739,12 +765,16 @@ async fn record_outcomes(ctx: &JobContext, outcomes: &[Outcome]) -> Result<(), J
         .await?;
     }
     for (notification_id, at) in wake_ups {
-        tx.enqueue_at(&Deliver { notification_id }, RunAt::At(at))
-            .await?;
+        let wake_up = Deliver {
+            notification_id,
+            first_delivery: false,
+        };
+        tx.enqueue_at(&wake_up, RunAt::At(at)).await?;
     }
     for chunk in waiting.chunks(BATCH) {
         tx.enqueue(&DeliverBatch {
             notification_ids: chunk.to_vec(),
+            first_delivery: false,
         })
         .await?;
     }

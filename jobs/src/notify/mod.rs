@@ -199,12 +199,17 @@ pub async fn notify_many(
     // Bulk sends go in batches: three statements of delivery bookkeeping per batch instead of
     // per notification.
     if let [notification_id] = ids[..] {
-        tx.enqueue(&Deliver { notification_id }).await?;
+        tx.enqueue(&Deliver {
+            notification_id,
+            first_delivery: true,
+        })
+        .await?;
     } else {
         let batches: Vec<DeliverBatch> = ids
             .chunks(deliver::BATCH)
             .map(|chunk| DeliverBatch {
                 notification_ids: chunk.to_vec(),
+                first_delivery: true,
             })
             .collect();
         tx.enqueue_many(&batches).await?;

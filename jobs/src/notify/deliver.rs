@@ -320,9 +320,10 @@ async fn deliver(
     } else {
         sqlx::query_as(
             "SELECT x.notification_id, x.channel, x.target, x.status, x.deferred_until, x.send_id
-         FROM unnest($1::uuid[]) AS i(id)
-         CROSS JOIN LATERAL (
-             SELECT * FROM notification_deliveries x WHERE x.notification_id = i.id OFFSET 0) x",
+             FROM unnest($1::uuid[]) AS i(id)
+             CROSS JOIN LATERAL (
+                 SELECT * FROM notification_deliveries x WHERE x.notification_id = i.id OFFSET 0
+             ) x",
         )
         .bind(notification_ids)
         .fetch_all(&mut *conn)

@@ -196,8 +196,9 @@ pub async fn notify_many(
     )
     .execute(tx.conn())
     .await?;
-    // Bulk sends go in batches: three statements of delivery bookkeeping per batch instead of
-    // per notification.
+    // Bulk sends go in batches: the delivery bookkeeping's statements run per batch instead of
+    // per notification. The jobs say the notifications are new (`first_delivery`): nothing has
+    // delivered them, so a job's first run need not look for delivery rows.
     if let [notification_id] = ids[..] {
         tx.enqueue(&Deliver {
             notification_id,

@@ -8,11 +8,18 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use crate::tls::TestCa;
+
 const SERVER: &str = r#"
-import itertools, os, sys
+import itertools, os, ssl, sys
 from aiosmtpd.controller import Controller
 
 out, port = sys.argv[1], int(sys.argv[2])
+# A certificate and key: SMTP over TLS from the first byte (`smtps://`), as on port 465.
+context = None
+if len(sys.argv) > 4:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
 numbers = itertools.count()
 
 class Recorder:
@@ -25,7 +32,7 @@ class Recorder:
         os.rename(base + ".tmp", base + ".eml")
         return "250 OK"
 
-controller = Controller(Recorder(), hostname="127.0.0.1", port=port)
+controller = Controller(Recorder(), hostname="127.0.0.1", port=port, ssl_context=context)
 controller.start()
 print("ready", flush=True)
 sys.stdin.read()
@@ -73,10 +80,20 @@ pub struct SmtpServer {
     pub port: u16,
     dir: PathBuf,
     child: Child,
+    tls: bool,
 }
 
 impl SmtpServer {
     pub fn start() -> Self {
+        Self::spawn(None)
+    }
+
+    /// The server speaking TLS from the first byte with `ca`'s certificate for 127.0.0.1.
+    pub fn start_tls(ca: &TestCa) -> Self {
+        Self::spawn(Some(ca))
+    }
+
+    fn spawn(ca: Option<&TestCa>) -> Self {
         let port = crate::free_port();
         let dir = std::env::temp_dir().join(format!("gc-smtp-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("mail directory");
@@ -90,6 +107,11 @@ impl SmtpServer {
             .args(["-c", SERVER])
             .arg(&dir)
             .arg(port.to_string())
+            .args(
+                ca.map(|ca| [ca.server_cert_file(), ca.server_key_file()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -100,11 +122,17 @@ impl SmtpServer {
             .read_line(&mut ready)
             .expect("aiosmtpd output");
         assert_eq!(ready.trim(), "ready", "aiosmtpd did not start");
-        SmtpServer { port, dir, child }
+        SmtpServer {
+            port,
+            dir,
+            child,
+            tls: ca.is_some(),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "smtps" } else { "smtp" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Every message received so far, in arrival order.

@@ -77,14 +77,23 @@ impl TestCa {
         self.dir.path().join("ca.pem")
     }
 
+    /// The server's certificate (PEM), for 127.0.0.1 and localhost, signed by the CA.
+    pub fn server_cert_file(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    /// The server certificate's private key (PEM).
+    pub fn server_key_file(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
+
     /// A server configuration with the CA-signed certificate, offering HTTP/2 and HTTP/1.1.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let chain = CertificateDer::pem_file_iter(self.dir.path().join("server.pem"))
+        let chain = CertificateDer::pem_file_iter(self.server_cert_file())
             .expect("server certificate")
             .collect::<Result<Vec<_>, _>>()
             .expect("server certificate PEM");
-        let key = PrivateKeyDer::from_pem_file(self.dir.path().join("server.key"))
-            .expect("server key PEM");
+        let key = PrivateKeyDer::from_pem_file(self.server_key_file()).expect("server key PEM");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -1,7 +1,8 @@
-//! Push over TLS, as in production: the `workers` binary pushes to an HTTPS endpoint (APNs, or
-//! FCM and its token endpoint) whose certificate a local CA signed. It checks the certificate
-//! against the system's CA store, so without that CA the push fails and waits for a retry; with
-//! the CA named in `SSL_CERT_FILE` the retry goes through.
+//! Push and email over TLS, as in production: the `workers` binary pushes to an HTTPS endpoint
+//! (APNs, or FCM and its token endpoint), or mails to an SMTP server over TLS, whose certificate
+//! a local CA signed. It checks the certificate against the system's CA store, so without that
+//! CA the send fails and waits for a retry; with the CA named in `SSL_CERT_FILE` the retry goes
+//! through.
 
 mod common;
 
@@ -10,7 +11,9 @@ use std::{path::Path, time::Duration};
 use common::Workers;
 
 use groundcrew_jobs::notify::{Category, Notification};
-use groundcrew_testkit::{TestEnv, apns::FakeApns, eventually, fcm::FakeFcm, tls::TestCa};
+use groundcrew_testkit::{
+    TestEnv, apns::FakeApns, eventually, fcm::FakeFcm, smtp::SmtpServer, tls::TestCa,
+};
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,30 +67,49 @@ async fn fcm_push_goes_over_tls_only_to_a_trusted_certificate() {
     );
 }
 
-/// Notifies the owner of a `platform` device named `tlsdevice` and has a `workers` child push
-/// it with `provider_env` (given a directory for its files): first trusting only the system's
-/// CA store, which must leave the delivery pending on a certificate error with nothing
-/// `reached` at the provider, then with `SSL_CERT_FILE` naming `ca`, which must deliver it.
-/// Returns the notification's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_over_tls_only_to_a_trusted_certificate() {
+    let ca = TestCa::new();
+    let smtp = SmtpServer::start_tls(&ca);
+    assert!(smtp.url().starts_with("smtps://"), "{}", smtp.url());
+    delivered_once_trusted(
+        &ca,
+        "email",
+        |_| vec![("GROUNDCREW_SMTP_URL".into(), smtp.url())],
+        || smtp.messages().len(),
+    )
+    .await;
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].rcpt_to, ["tls@example.test"]);
+    assert!(messages[0].header("List-Unsubscribe").is_some());
+}
+
+/// Notifies a user on `channel` (`apns` or `fcm`: a device named `tlsdevice`; `email`: the
+/// address tls@example.test) and has a `workers` child send it with `provider_env` (given a
+/// directory for its files): first trusting only the system's CA store, which must leave the
+/// delivery pending on a certificate error with nothing `reached` at the provider, then with
+/// `SSL_CERT_FILE` naming `ca`, which must deliver it. Returns the notification's id.
 async fn delivered_once_trusted(
     ca: &TestCa,
-    platform: &str,
+    channel: &str,
     provider_env: impl FnOnce(&Path) -> Vec<(String, String)>,
     reached: impl Fn() -> usize,
 ) -> Uuid {
     let env = TestEnv::new().await;
     let dir = std::env::temp_dir().join(format!("gc-notify-tls-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let user = env.user().await;
-    env.device(user, "tlsdevice", platform).await;
-    let id = env
-        .send(Notification::new(
-            user,
-            Category::Social,
-            "Over TLS",
-            "hello",
-        ))
-        .await;
+    let notification = if channel == "email" {
+        let user = env.user_with(Some("tls@example.test"), "UTC").await;
+        Notification::new(user, Category::Social, "Over TLS", "hello")
+            .email("welcome", serde_json::json!({}))
+            .without_push()
+    } else {
+        let user = env.user().await;
+        env.device(user, "tlsdevice", channel).await;
+        Notification::new(user, Category::Social, "Over TLS", "hello")
+    };
+    let id = env.send(notification).await;
     let delivery = || async {
         sqlx::query_as::<_, (String, Option<String>)>(
             "SELECT status, detail FROM notification_deliveries WHERE notification_id = $1",
@@ -114,7 +136,7 @@ async fn delivered_once_trusted(
     // Trusting the CA, the retry is delivered over TLS.
     child_env.push(("SSL_CERT_FILE".into(), ca.ca_file().display().to_string()));
     let _trusting = Workers::start(&env, "notify", 4, child_env);
-    eventually(Duration::from_secs(30), "the push sent", || async {
+    eventually(Duration::from_secs(30), "the notification sent", || async {
         delivery().await.filter(|(status, _)| status == "sent")
     })
     .await;

@@ -18,12 +18,16 @@
 //! - `email_worker`: welcome emails through the pool to a local aiosmtpd.
 //!
 //! The phases run one after another, each from empty request logs, and repeat `runs` times
-//! because the machine's cores are shared; each run prints a JSON line, then the medians. Needs
-//! local Postgres and Redis.
+//! because the machine's cores are shared; each run prints a JSON line, then the medians. Each
+//! line also says where the phase's CPU went, in µs per item: this process (the clients, the
+//! worker and the local provider servers), Postgres, Redis, the rest (aiosmtpd, the kernel's
+//! threads) and the whole machine (Linux's `/proc`; zeros elsewhere). A machine that runs faster or slower from one minute to the next
+//! moves every phase's rate; the split shows what the worker costs beside the push itself.
+//! Needs local Postgres and Redis.
 //!
 //!     cargo run --release -p groundcrew-jobs --example bench_notify -- [pushes] [emails] [runs]
 
-use std::{sync::Arc, time::Instant};
+use std::{ops::Sub, sync::Arc, time::Instant};
 
 use groundcrew_jobs::{
     JobTx, Queue,
@@ -77,10 +81,17 @@ async fn main() {
     // BENCH_ONLY=apns_worker,apns_bare_h2 runs just those (to profile one of them).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let selected = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
-    let mut results: Vec<(&str, f64)> = Vec::new();
-    let mut record = |name: &'static str, run: usize, n: usize, secs: f64| {
-        report(name, run, n, secs);
-        results.push((name, n as f64 / secs));
+    let mut results: Vec<(&str, f64, CpuTimes)> = Vec::new();
+    let mut record = |name: &'static str, run: usize, n: usize, timed: Timed| {
+        let per_item = timed.cpu.per_item_us(n);
+        println!(
+            "{}",
+            serde_json::json!({"bench": name, "run": run, "n": n,
+                               "secs": (timed.secs * 1000.0).round() / 1000.0,
+                               "per_sec": (n as f64 / timed.secs).round(),
+                               "cpu_us_per_item": per_item.json()})
+        );
+        results.push((name, n as f64 / timed.secs, per_item));
     };
     // Each phase starts from empty request logs (FakeApns::clear_requests says why).
     let starts = |name: &str| {
@@ -90,41 +101,42 @@ async fn main() {
     };
     for run in 1..=runs {
         if starts("apns_bare_h2") {
-            let secs = apns_bare_h2(&apns, pushes).await;
-            record("apns_bare_h2", run, pushes, secs);
+            let timed = apns_bare_h2(&apns, pushes).await;
+            record("apns_bare_h2", run, pushes, timed);
         }
         if starts("apns_bare_hyper") {
-            let secs = apns_bare_hyper(&apns, pushes).await;
-            record("apns_bare_hyper", run, pushes, secs);
+            let timed = apns_bare_hyper(&apns, pushes).await;
+            record("apns_bare_hyper", run, pushes, timed);
         }
         if starts("apns_bare_client") {
             let client = ApnsClient::new(apns.settings()).expect("client");
-            let secs = bare_client(PushClient::Apns(Box::new(client)), pushes).await;
-            record("apns_bare_client", run, pushes, secs);
+            let timed = bare_client(PushClient::Apns(Box::new(client)), pushes).await;
+            record("apns_bare_client", run, pushes, timed);
         }
         if starts("apns_worker") {
-            let secs = through_worker(&env, &users[..pushes], false).await;
-            record("apns_worker", run, pushes, secs);
+            let timed = through_worker(&env, &users[..pushes], false).await;
+            record("apns_worker", run, pushes, timed);
         }
         if starts("fcm_bare_h2") {
-            let secs = fcm_bare_h2(&fcm, pushes).await;
-            record("fcm_bare_h2", run, pushes, secs);
+            let timed = fcm_bare_h2(&fcm, pushes).await;
+            record("fcm_bare_h2", run, pushes, timed);
         }
         if starts("fcm_bare_client") {
             let client = FcmClient::new(fcm.settings()).expect("client");
-            let secs = bare_client(PushClient::Fcm(Box::new(client)), pushes).await;
-            record("fcm_bare_client", run, pushes, secs);
+            let timed = bare_client(PushClient::Fcm(Box::new(client)), pushes).await;
+            record("fcm_bare_client", run, pushes, timed);
         }
         if starts("fcm_worker") {
-            let secs = through_worker(&env, &android_users, false).await;
-            record("fcm_worker", run, pushes, secs);
+            let timed = through_worker(&env, &android_users, false).await;
+            record("fcm_worker", run, pushes, timed);
         }
         if starts("email_worker") {
-            let secs = through_worker(&env, &users[..emails], true).await;
-            record("email_worker", run, emails, secs);
+            let timed = through_worker(&env, &users[..emails], true).await;
+            record("email_worker", run, emails, timed);
         }
     }
     let mut medians = serde_json::Map::new();
+    let mut cpu_medians = serde_json::Map::new();
     for name in [
         "apns_bare_h2",
         "apns_bare_hyper",
@@ -144,6 +156,14 @@ async fn main() {
         if let Some(median) = rates.get(rates.len() / 2) {
             medians.insert(name.into(), serde_json::json!(median.round()));
         }
+        let cpu: Vec<CpuTimes> = results
+            .iter()
+            .filter(|r| r.0 == name)
+            .map(|r| r.2)
+            .collect();
+        if !cpu.is_empty() {
+            cpu_medians.insert(name.into(), CpuTimes::median(&cpu).json());
+        }
     }
     for (name, ours, bare) in [
         ("apns_worker_vs_bare", "apns_worker", "apns_bare_h2"),
@@ -160,15 +180,122 @@ async fn main() {
             serde_json::json!((ratio * 100.0).round() / 100.0),
         );
     }
-    println!("{}", serde_json::json!({"medians_per_sec": medians}));
-}
-
-fn report(bench: &str, run: usize, n: usize, secs: f64) {
     println!(
         "{}",
-        serde_json::json!({"bench": bench, "run": run, "n": n, "secs": (secs * 1000.0).round() / 1000.0,
-                           "per_sec": (n as f64 / secs).round()})
+        serde_json::json!({"medians_per_sec": medians, "median_cpu_us_per_item": cpu_medians})
     );
+}
+
+/// CPU seconds (user and system) spent so far by this process, by every Postgres process, by
+/// Redis, and by the whole machine. A process that exits during a phase takes its seconds with
+/// it; the pools' connections stay open through a phase.
+#[derive(Clone, Copy, Default)]
+struct CpuTimes {
+    this_process: f64,
+    postgres: f64,
+    redis: f64,
+    machine: f64,
+}
+
+impl CpuTimes {
+    /// Read from `/proc`; zeros where there is none.
+    fn now() -> Self {
+        // Clock ticks per second as `/proc` counts them (USER_HZ, 100 on every Linux build).
+        const TICKS: f64 = 100.0;
+        let mut times = CpuTimes::default();
+        let me = std::process::id().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name();
+            let Some(pid) = pid
+                .to_str()
+                .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (command) state ppid …`: the command may hold spaces and parentheses, and
+            // utime and stime are the 12th and 13th fields after it.
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let command = head.split_once('(').map_or("", |(_, c)| c);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            let secs = (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / TICKS;
+            if pid == me {
+                times.this_process += secs;
+            } else if command == "postgres" {
+                times.postgres += secs;
+            } else if command == "redis-server" {
+                times.redis += secs;
+            }
+        }
+        // `cpu  user nice system idle iowait irq softirq steal …`: busy is all but idle and
+        // iowait.
+        let machine = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = machine
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        if ticks.len() == 8 {
+            times.machine = (ticks.iter().sum::<f64>() - ticks[3] - ticks[4]) / TICKS;
+        }
+        times
+    }
+
+    /// Seconds per item as µs per item.
+    fn per_item_us(self, n: usize) -> Self {
+        let us = |secs: f64| (secs / n as f64 * 1e7).round() / 10.0;
+        CpuTimes {
+            this_process: us(self.this_process),
+            postgres: us(self.postgres),
+            redis: us(self.redis),
+            machine: us(self.machine),
+        }
+    }
+
+    /// Each field's median.
+    fn median(all: &[CpuTimes]) -> Self {
+        let median = |field: fn(&CpuTimes) -> f64| {
+            let mut values: Vec<f64> = all.iter().map(field).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        CpuTimes {
+            this_process: median(|t| t.this_process),
+            postgres: median(|t| t.postgres),
+            redis: median(|t| t.redis),
+            machine: median(|t| t.machine),
+        }
+    }
+
+    /// With `rest`: the machine's time outside the three (aiosmtpd, the kernel's threads).
+    fn json(self) -> serde_json::Value {
+        let rest = self.machine - self.this_process - self.postgres - self.redis;
+        serde_json::json!({"this_process": self.this_process, "postgres": self.postgres,
+                           "redis": self.redis, "rest": (rest * 10.0).round() / 10.0,
+                           "machine": self.machine})
+    }
+}
+
+impl Sub for CpuTimes {
+    type Output = CpuTimes;
+
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            this_process: self.this_process - earlier.this_process,
+            postgres: self.postgres - earlier.postgres,
+            redis: self.redis - earlier.redis,
+            machine: self.machine - earlier.machine,
+        }
+    }
 }
 
 /// Users with one device on `platform` and an email address each.
@@ -189,15 +316,41 @@ async fn seed_users(env: &TestEnv, n: usize, platform: &str) -> Vec<Uuid> {
     users
 }
 
+/// A timed phase under way: when it started and the CPU times then.
+struct Phase {
+    started: Instant,
+    cpu: CpuTimes,
+}
+
+/// A finished phase: its seconds, and the CPU seconds spent in it.
+struct Timed {
+    secs: f64,
+    cpu: CpuTimes,
+}
+
 /// Says so on stderr, for a profiler to start recording then (`perf record -a` from when the
 /// line appears leaves out seeding and enqueueing).
-fn timed_phase_starts() -> Instant {
+fn timed_phase_starts() -> Phase {
     eprintln!("timed phase starts");
-    Instant::now()
+    let cpu = CpuTimes::now();
+    Phase {
+        started: Instant::now(),
+        cpu,
+    }
+}
+
+impl Phase {
+    fn end(&self) -> Timed {
+        let secs = self.started.elapsed().as_secs_f64();
+        Timed {
+            secs,
+            cpu: CpuTimes::now() - self.cpu,
+        }
+    }
 }
 
 /// Seconds to deliver one notification (push, or a welcome email) to each user.
-async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
+async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> Timed {
     let notifications = users
         .iter()
         .map(|u| {
@@ -226,14 +379,14 @@ async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> f64 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let secs = started.elapsed().as_secs_f64();
+    let timed = started.end();
     workers.shutdown().await;
     assert_eq!(
         env.sent_deliveries(&ids).await,
         users.len(),
         "every notification delivered"
     );
-    secs
+    timed
 }
 
 /// The message of every benchmark push.
@@ -251,7 +404,7 @@ fn bench_message<'a>(id: Uuid, send_id: &'a str, data: &'a serde_json::Value) ->
 /// Seconds for the `n` sends `send` makes, at most `IN_FLIGHT` at once. Finished sends are
 /// reaped as they go: holding every task until the end kept each one's memory (a send's future
 /// is kilobytes), and faulting in that fresh memory was half of a 100,000-send run.
-async fn blast<F, Fut>(n: usize, send: F) -> f64
+async fn blast<F, Fut>(n: usize, send: F) -> Timed
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -267,7 +420,7 @@ where
     while let Some(done) = sends.join_next().await {
         done.expect("send task");
     }
-    started.elapsed().as_secs_f64()
+    started.end()
 }
 
 /// One request as the worker would send it: its head and its body.
@@ -284,7 +437,7 @@ async fn connect(base: &str) -> tokio::net::TcpStream {
 
 /// Seconds for `requests` on one HTTP/2 connection (h2c) to `base` with the `h2` crate alone:
 /// the physical limit of the endpoint here.
-async fn bare_h2(base: &str, requests: Vec<Prepared>) -> f64 {
+async fn bare_h2(base: &str, requests: Vec<Prepared>) -> Timed {
     let io = connect(base).await;
     let (sender, connection) = h2::client::handshake(io).await.unwrap();
     tokio::spawn(connection);
@@ -310,7 +463,7 @@ async fn bare_h2(base: &str, requests: Vec<Prepared>) -> f64 {
 }
 
 /// The same requests with hyper's HTTP/2 client connection.
-async fn bare_hyper(base: &str, requests: Vec<Prepared>) -> f64 {
+async fn bare_hyper(base: &str, requests: Vec<Prepared>) -> Timed {
     let io = hyper_util::rt::TokioIo::new(connect(base).await);
     let (sender, connection) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -372,16 +525,16 @@ fn apns_requests(apns: &FakeApns, n: usize) -> Vec<Prepared> {
         .collect()
 }
 
-async fn apns_bare_h2(apns: &FakeApns, n: usize) -> f64 {
+async fn apns_bare_h2(apns: &FakeApns, n: usize) -> Timed {
     bare_h2(&apns.url, apns_requests(apns, n)).await
 }
 
-async fn apns_bare_hyper(apns: &FakeApns, n: usize) -> f64 {
+async fn apns_bare_hyper(apns: &FakeApns, n: usize) -> Timed {
     bare_hyper(&apns.url, apns_requests(apns, n)).await
 }
 
 /// The FCM v1 requests the worker sends for `n` notifications, without anything around them.
-async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> f64 {
+async fn fcm_bare_h2(fcm: &FakeFcm, n: usize) -> Timed {
     let client = FcmClient::new(fcm.settings()).expect("client");
     let token = client.access_token().await.expect("token");
     let data = serde_json::json!({});
@@ -415,7 +568,7 @@ impl PushClient {
 
 /// One client's sends alone, with the payload the worker sends: for APNs, what reqwest and a2
 /// add to the bare HTTP/2 writes; for both, the ceiling of the worker without queue or Postgres.
-async fn bare_client(client: PushClient, n: usize) -> f64 {
+async fn bare_client(client: PushClient, n: usize) -> Timed {
     let client = Arc::new(client);
     blast(n, |i| {
         let client = client.clone();

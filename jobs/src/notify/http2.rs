@@ -33,6 +33,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// unanswered for [`PING_TIMEOUT`] closes a connection that died without a word.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sends one connection carries at once (APNs allows 1,000 streams); the rest wait their turn
+/// before [`REQUEST_TIMEOUT`] starts. Left to h2, they would wait in its queue of streams not
+/// yet opened, on the timeout's clock: a notify pool of 64 batches of 400 queues 25,600, and
+/// at a provider answering 1,000 a second the last would time out and be sent again.
+const MAX_STREAMS: usize = 1000;
 
 /// The connector every host shares: rustls over TCP without Nagle, h2 by ALPN, checking
 /// certificates against the system's store (read once, here).
@@ -66,6 +71,8 @@ pub struct Host {
     open: Mutex<Option<Open>>,
     /// Held while connecting, so a burst of sends opens one connection, not one each.
     connecting: tokio::sync::Mutex<()>,
+    /// A permit per send on the connection ([`MAX_STREAMS`]).
+    streams: tokio::sync::Semaphore,
 }
 
 #[derive(Clone)]
@@ -82,6 +89,7 @@ impl Host {
             connector,
             open: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            streams: tokio::sync::Semaphore::new(MAX_STREAMS),
         }
     }
 
@@ -94,6 +102,7 @@ impl Host {
     /// connection, and waits for the answer. `Err` is a network error: whether the request
     /// arrived is unknown.
     pub async fn send(&self, head: Request<()>, body: Bytes) -> Result<Answer, String> {
+        let _stream = self.streams.acquire().await.map_err(|e| e.to_string())?;
         let exchange = async {
             let sender = self.sender().await?.ready().await;
             let mut sender = sender.map_err(|e| e.to_string())?;

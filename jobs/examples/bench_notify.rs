@@ -47,7 +47,6 @@ use hyper::body::Bytes;
 use uuid::Uuid;
 
 const IN_FLIGHT: usize = 256;
-const CONCURRENCY: usize = 64;
 
 #[tokio::main]
 async fn main() {
@@ -368,7 +367,10 @@ async fn through_worker(env: &TestEnv, users: &[Uuid], email: bool) -> Timed {
     let started = timed_phase_starts();
     let workers = env.spawn_workers(vec![PoolSpec {
         queue: Queue::Notify,
-        concurrency: CONCURRENCY,
+        concurrency: std::env::var("BENCH_CONCURRENCY")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(Queue::Notify.default_concurrency()),
     }]);
     // Polls Redis, not Postgres: counting delivery rows every few milliseconds cost the
     // database more than the deliveries did. The rows are counted once, at the end.

@@ -206,10 +206,11 @@ async fn rolling_deploy_recovers_the_old_process_jobs() {
 async fn sigterm_finishes_or_hands_back_every_job() {
     let env = env().await;
     // Short jobs finish within the 1 s grace; long ones are handed back; 40 more wait their
-    // turn in the queue and must not be touched.
+    // turn in the queue and must not be touched. Those are enqueued once the 20 run, so the 20
+    // running are these: a queued job among the first 20 once left a short one fetched but not
+    // started, handed back at the signal, and its one run was not a first run.
     let short = enqueue_canaries(&env, 10, 200).await;
     let long = enqueue_canaries(&env, 10, 5000).await;
-    let queued = enqueue_canaries(&env, 40, 0).await;
     let mut worker = Workers::start(&env, "maintenance", 20, NO_ENV);
     wait_for_count(
         &env,
@@ -219,6 +220,7 @@ async fn sigterm_finishes_or_hands_back_every_job() {
         "20 jobs running",
     )
     .await;
+    let queued = enqueue_canaries(&env, 40, 0).await;
     worker.signal(Signal::SIGTERM);
     let status = worker.exited(Duration::from_secs(10)).await;
     assert!(status.success(), "clean exit: {status:?}");

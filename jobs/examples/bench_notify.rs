@@ -21,9 +21,9 @@
 //! because the machine's cores are shared; each run prints a JSON line, then the medians. Each
 //! line also says where the phase's CPU went, in µs per item: this process (the clients, the
 //! worker and the local provider servers), Postgres, Redis, the rest (aiosmtpd, the kernel's
-//! threads) and the whole machine (Linux's `/proc`; zeros elsewhere). A machine that runs faster or slower from one minute to the next
-//! moves every phase's rate; the split shows what the worker costs beside the push itself.
-//! Needs local Postgres and Redis.
+//! threads) and the whole machine (Linux's `/proc`; zeros elsewhere). A machine that runs
+//! faster or slower from one minute to the next moves every phase's rate; the split shows what
+//! the worker costs beside the push itself. Needs local Postgres and Redis.
 //!
 //!     cargo run --release -p groundcrew-jobs --example bench_notify -- [pushes] [emails] [runs]
 
@@ -146,23 +146,14 @@ async fn main() {
         "fcm_worker",
         "email_worker",
     ] {
-        let mut rates: Vec<f64> = results
-            .iter()
-            .filter(|r| r.0 == name)
-            .map(|r| r.1)
-            .collect();
-        rates.sort_by(f64::total_cmp);
-        if let Some(median) = rates.get(rates.len() / 2) {
-            medians.insert(name.into(), serde_json::json!(median.round()));
+        let runs: Vec<_> = results.iter().filter(|r| r.0 == name).collect();
+        if runs.is_empty() {
+            continue;
         }
-        let cpu: Vec<CpuTimes> = results
-            .iter()
-            .filter(|r| r.0 == name)
-            .map(|r| r.2)
-            .collect();
-        if !cpu.is_empty() {
-            cpu_medians.insert(name.into(), CpuTimes::median(&cpu).json());
-        }
+        let rate = median(runs.iter().map(|r| r.1).collect());
+        medians.insert(name.into(), serde_json::json!(rate.round()));
+        let cpu = CpuTimes::from_fields(|field| median(runs.iter().map(|r| field(&r.2)).collect()));
+        cpu_medians.insert(name.into(), cpu.json());
     }
     for (name, ours, bare) in [
         ("apns_worker_vs_bare", "apns_worker", "apns_bare_h2"),
@@ -249,30 +240,19 @@ impl CpuTimes {
         times
     }
 
-    /// Seconds per item as µs per item.
-    fn per_item_us(self, n: usize) -> Self {
-        let us = |secs: f64| (secs / n as f64 * 1e7).round() / 10.0;
+    /// Times whose every field is `value` of that field's reader.
+    fn from_fields(value: impl Fn(fn(&CpuTimes) -> f64) -> f64) -> Self {
         CpuTimes {
-            this_process: us(self.this_process),
-            postgres: us(self.postgres),
-            redis: us(self.redis),
-            machine: us(self.machine),
+            this_process: value(|t| t.this_process),
+            postgres: value(|t| t.postgres),
+            redis: value(|t| t.redis),
+            machine: value(|t| t.machine),
         }
     }
 
-    /// Each field's median.
-    fn median(all: &[CpuTimes]) -> Self {
-        let median = |field: fn(&CpuTimes) -> f64| {
-            let mut values: Vec<f64> = all.iter().map(field).collect();
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
-        CpuTimes {
-            this_process: median(|t| t.this_process),
-            postgres: median(|t| t.postgres),
-            redis: median(|t| t.redis),
-            machine: median(|t| t.machine),
-        }
+    /// Seconds per item as µs per item.
+    fn per_item_us(self, n: usize) -> Self {
+        Self::from_fields(|field| (field(&self) / n as f64 * 1e7).round() / 10.0)
     }
 
     /// With `rest`: the machine's time outside the three (aiosmtpd, the kernel's threads).
@@ -288,13 +268,14 @@ impl Sub for CpuTimes {
     type Output = CpuTimes;
 
     fn sub(self, earlier: CpuTimes) -> CpuTimes {
-        CpuTimes {
-            this_process: self.this_process - earlier.this_process,
-            postgres: self.postgres - earlier.postgres,
-            redis: self.redis - earlier.redis,
-            machine: self.machine - earlier.machine,
-        }
+        CpuTimes::from_fields(|field| field(&self) - field(&earlier))
     }
+}
+
+/// The median of some runs' figures (the upper one of an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Users with one device on `platform` and an email address each.

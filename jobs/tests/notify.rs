@@ -577,7 +577,7 @@ async fn row_sent_between_read_and_write(dead_token: bool) {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity
              WHERE wait_event_type = 'Lock'
-               AND query LIKE 'INSERT INTO notification_deliveries%'",
+               AND query LIKE 'COPY notification_deliveries%'",
             )
             .fetch_one(&env.services.db)
             .await

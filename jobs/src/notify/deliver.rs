@@ -25,7 +25,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc};
 use futures::future::join_all;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::IntoDeserializer};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -423,7 +423,10 @@ fn plan_notification(
     outcomes: &mut Vec<Outcome>,
 ) -> Option<EmailSpec> {
     let notification_id = n.id;
-    let category: Option<Category> = serde_json::from_value(Value::String(n.category.clone())).ok();
+    let category = Category::deserialize(
+        IntoDeserializer::<serde::de::value::Error>::into_deserializer(n.category.as_str()),
+    )
+    .ok();
     let allowed = category.is_none_or(|c| Categories::from_json(n.categories.clone()).allows(c));
     let quiet_until = match (n.quiet_start, n.quiet_end) {
         (Some(start), Some(end)) => {
@@ -444,7 +447,13 @@ fn plan_notification(
             sandbox: device.1,
             existed,
         };
-        match existing.remove(&(channel.to_owned(), target.to_owned())) {
+        // A first delivery has no rows, and no key to build for each of its targets.
+        let row = if existing.is_empty() {
+            None
+        } else {
+            existing.remove(&(channel.to_owned(), target.to_owned()))
+        };
+        match row {
             Some(row) if still_to_send(&row, now) => {
                 dues.push(due(row.send_id, row.deferred_until, true));
             }

@@ -133,7 +133,11 @@ async fn main() {
             let timed = through_worker(&env, &users[..emails], true).await;
             record("email_worker", run, emails, timed);
             // Rows say `sent` for a retried send too: the server's log says each went once.
-            assert_eq!(smtp.messages().len(), emails * run, "each email arrived once");
+            assert_eq!(
+                smtp.messages().len(),
+                emails * run,
+                "each email arrived once"
+            );
         }
     }
     let mut medians = serde_json::Map::new();

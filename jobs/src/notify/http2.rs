@@ -73,6 +73,8 @@ pub struct Host {
     connecting: tokio::sync::Mutex<()>,
     /// A permit per send on the connection ([`MAX_STREAMS`]).
     streams: tokio::sync::Semaphore,
+    /// [`REQUEST_TIMEOUT`] (a test's is shorter).
+    request_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -90,6 +92,7 @@ impl Host {
             open: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             streams: tokio::sync::Semaphore::new(MAX_STREAMS),
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 
@@ -129,9 +132,12 @@ impl Host {
                 body: body.freeze(),
             })
         };
-        match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+        match tokio::time::timeout(self.request_timeout, exchange).await {
             Ok(answer) => answer,
-            Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+            Err(_) => Err(format!(
+                "no answer within {} s",
+                self.request_timeout.as_secs()
+            )),
         }
     }
 
@@ -209,5 +215,61 @@ impl Host {
             closed,
         });
         Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::{Method, Response};
+
+    use super::*;
+
+    /// An h2c server answering every request 200 after `delay` (testkit's fake providers
+    /// depend on this crate, so a unit test here cannot use them).
+    async fn slow_server(delay: Duration) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(tcp).await.unwrap();
+            while let Some(Ok((_, mut respond))) = connection.accept().await {
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let answer = Response::new(());
+                    let _ = respond.send_response(answer, true);
+                });
+            }
+        });
+        base
+    }
+
+    /// Sends waiting for one of the connection's streams are not on their request timeout's
+    /// clock: ten sends through two streams to a provider answering in 300 ms take 1.5 s, and
+    /// none times out at 1 s (the last two waited 1.2 s for a stream).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_waiting_for_a_stream_is_not_timed_out() {
+        let base = slow_server(Duration::from_millis(300)).await;
+        let mut host = Host::new(&base, connector().expect("connector"));
+        host.streams = tokio::sync::Semaphore::new(2);
+        host.request_timeout = Duration::from_secs(1);
+
+        let sends = (0..10).map(|i| {
+            let mut head = Request::new(());
+            *head.method_mut() = Method::POST;
+            *head.uri_mut() = format!("{}/3/device/token{i}", host.base())
+                .parse()
+                .expect("uri");
+            host.send(head, Bytes::from_static(b"{}"))
+        });
+        let started = std::time::Instant::now();
+        let answers = futures::future::join_all(sends).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "two streams at a time: five rounds of 300 ms"
+        );
+        for answer in answers {
+            let answer = answer.expect("every send answered, none timed out");
+            assert_eq!(answer.status, StatusCode::OK);
+        }
     }
 }

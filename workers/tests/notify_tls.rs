@@ -10,7 +10,10 @@ use std::{path::Path, time::Duration};
 
 use common::Workers;
 
-use groundcrew_jobs::notify::{Category, Notification};
+use groundcrew_jobs::{
+    notify::{Category, Notification},
+    queue::Queue,
+};
 use groundcrew_testkit::{
     TestEnv, apns::FakeApns, eventually, fcm::FakeFcm, smtp::SmtpServer, tls::TestCa,
 };
@@ -131,6 +134,13 @@ async fn delivered_once_trusted(
     let detail = detail.unwrap_or_default();
     assert!(detail.contains("certificate"), "{detail}");
     assert_eq!(reached(), 0, "nothing reached the endpoint");
+    // Killed only once the retry is on the schedule: killed between the row's write and that,
+    // the job would come back only when its 30 s lease ran out.
+    eventually(Duration::from_secs(30), "the retry scheduled", || async {
+        let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
+        (depth.scheduled == 1 && depth.running == 0 && depth.pending == 0).then_some(())
+    })
+    .await;
     drop(untrusting);
 
     // Trusting the CA, the retry is delivered over TLS.

@@ -25,7 +25,7 @@ use std::{collections::HashMap, time::Duration};
 
 use chrono::{DateTime, NaiveTime, Utc};
 use futures::future::join_all;
-use serde::{Deserialize, Serialize, de::IntoDeserializer};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -423,10 +423,7 @@ fn plan_notification(
     outcomes: &mut Vec<Outcome>,
 ) -> Option<EmailSpec> {
     let notification_id = n.id;
-    let category = Category::deserialize(
-        IntoDeserializer::<serde::de::value::Error>::into_deserializer(n.category.as_str()),
-    )
-    .ok();
+    let category = Category::parse(&n.category);
     let allowed = category.is_none_or(|c| Categories::from_json(n.categories.clone()).allows(c));
     let quiet_until = match (n.quiet_start, n.quiet_end) {
         (Some(start), Some(end)) => {

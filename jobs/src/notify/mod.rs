@@ -68,6 +68,18 @@ pub enum Category {
 }
 
 impl Category {
+    pub const ALL: [Category; 5] = [
+        Category::Social,
+        Category::Picks,
+        Category::Payments,
+        Category::Verification,
+        Category::Marketing,
+    ];
+
+    pub fn parse(name: &str) -> Option<Category> {
+        Category::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Category::Social => "social",

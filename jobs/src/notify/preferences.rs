@@ -219,4 +219,15 @@ mod tests {
         assert!(c.allows(Category::Picks));
         assert!(!c.allows(Category::Marketing));
     }
+
+    /// Delivery reads a notification's category back from the name its row stores (`as_str`),
+    /// the name clients use too (serde's).
+    #[test]
+    fn a_category_parses_from_the_name_it_is_stored_under() {
+        for category in Category::ALL {
+            let stored = serde_json::to_value(category).unwrap();
+            assert_eq!(Category::parse(stored.as_str().unwrap()), Some(category));
+        }
+        assert_eq!(Category::parse("promotions"), None);
+    }
 }

@@ -47,6 +47,21 @@ pub struct Outgoing {
 pub struct JobMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Pushed by the outbox relay, which cannot tell a row whose push failed from one pushed
+    /// and run whose delete was lost: after the job's retention, its Redis record gone, the
+    /// push is not deduped and the job runs again. Its runs are never first runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relayed: bool,
+}
+
+impl JobMeta {
+    /// A job's metadata as its enqueuer writes it (the relay marks it `relayed` later).
+    pub fn new(request_id: Option<String>) -> Self {
+        JobMeta {
+            request_id,
+            relayed: false,
+        }
+    }
 }
 
 /// A job leased to this worker.

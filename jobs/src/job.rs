@@ -115,7 +115,8 @@ pub struct JobContext {
     /// can have done any of its work. Unlike `attempt == 1`, false after a hand-back at
     /// shutdown (which gives the attempt back, though the run may have done part of the work),
     /// and after a revive; false too for a job handed back before it started (the lease does
-    /// not tell the two apart), which costs a handler only the check it would skip.
+    /// not tell the two apart), and for a job the outbox relay pushed (`JobMeta::relayed`),
+    /// which costs a handler only the check it would skip.
     pub first_run: bool,
     pub worker_id: Arc<str>,
     pub request_id: Option<String>,

@@ -103,9 +103,7 @@ impl JobTx {
 
     async fn insert(&mut self, jobs: Vec<Envelope>, at: RunAt) -> Result<Vec<Uuid>, sqlx::Error> {
         let ids: Vec<Uuid> = jobs.iter().map(|_| Uuid::now_v7()).collect();
-        let meta = JobMeta {
-            request_id: self.request_id.clone(),
-        };
+        let meta = JobMeta::new(self.request_id.clone());
         let meta_json = serde_json::to_value(&meta).expect("meta serializes");
         let (fixed, delay_ms) = match at {
             RunAt::Now => (None, None),
@@ -191,7 +189,7 @@ pub async fn write_then_enqueue<J: Job>(
     request_id: Option<String>,
 ) -> Result<Option<PgRow>, sqlx::Error> {
     let job = Envelope::of(job);
-    let meta = JobMeta { request_id };
+    let meta = JobMeta::new(request_id);
     let at = |n: usize| params + n;
     let sql = format!(
         "WITH written AS ({write}),
@@ -354,6 +352,10 @@ pub async fn relay_once(db: &PgPool, broker: &Broker) -> Result<usize, RelayErro
             continue;
         };
         let meta: String = row.get("meta");
+        let meta = JobMeta {
+            relayed: true,
+            ..serde_json::from_str(&meta).unwrap_or_default()
+        };
         jobs.push(Outgoing {
             id: row.get("id"),
             queue,
@@ -361,7 +363,7 @@ pub async fn relay_once(db: &PgPool, broker: &Broker) -> Result<usize, RelayErro
             args: row.get("args"),
             max_attempts: row.get::<i32, _>("max_attempts") as u32,
             run_at_ms: row.get("run_at_ms"),
-            meta: serde_json::from_str(&meta).unwrap_or_default(),
+            meta,
         });
     }
     broker.push(&jobs).await?;

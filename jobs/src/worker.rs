@@ -276,7 +276,7 @@ impl Pool {
             id: job.id,
             attempt: job.attempt,
             max_attempts: job.max_attempts,
-            first_run: job.lease == 1,
+            first_run: job.lease == 1 && !job.meta.relayed,
             worker_id: self.worker_id.clone(),
             request_id: job.meta.request_id.clone(),
             services: self.services.clone(),

@@ -115,6 +115,11 @@ async fn job_committed_while_redis_is_down_runs_once_when_it_is_back() {
     assert_eq!(outbox_rows(&env).await, 1, "the job waits in the outbox");
 
     let (relay, workers) = redis_back_and_the_job_ran(&mut env).await;
+    assert_eq!(
+        env.canary_runs(id).await,
+        vec![(1, Some(false))],
+        "a relayed job's run is not a first run: the relay cannot know it never ran"
+    );
     // A second relay pass and more time must not run it again.
     groundcrew_jobs::outbox::relay_once(&env.services.db, &env.services.broker)
         .await

@@ -6,9 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Timelike, Utc};
 use groundcrew_jobs::{
-    JobTx, Queue,
+    Job, JobTx, Queue,
     notify::{
-        Category, Deliver, Notification, Providers, SendWeeklyDigests, notify_many,
+        Category, Deliver, DeliverBatch, Notification, Providers, SendWeeklyDigests, notify_many,
         settings::{NotifySettings, SmtpPool},
     },
     worker::PoolSpec,
@@ -467,6 +467,65 @@ async fn a_bulk_send_applies_each_users_rules_and_its_retry_repeats_nothing_sent
     assert_eq!(to("bulk-quiet"), 0, "nothing rings during quiet hours");
     let depth = env.services.broker.depth(Queue::Notify).await.unwrap();
     assert_eq!(depth.scheduled, 1, "one wake-up, for the night owl only");
+}
+
+/// The outbox relay pushes a row whose push it cannot know about: here a batch that was
+/// delivered, whose outbox delete was lost, relayed after the job's Redis record expired (a
+/// new id, as after the retention). Its run reads the delivery rows like any re-run and sends
+/// nothing again, though it is the lease's first run and the batch says `first_delivery`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_relay_pushes_again_after_its_record_expired_sends_nothing_twice() {
+    let apns = FakeApns::start().await;
+    let (env, _workers) = env_with(settings(Some(&apns), None, None)).await;
+    let owner = user(&env, None, "UTC").await;
+    env.device(owner, "relayed-again", "apns").await;
+    let mut tx = JobTx::begin(&env.services).await.unwrap();
+    let ids = notify_many(
+        &mut tx,
+        vec![Notification::new(
+            owner,
+            Category::Social,
+            "New follower",
+            "@a follows you",
+        )],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    eventually(WITHIN, "the push to be sent", || async {
+        (env.sent_deliveries(&ids).await == 1).then_some(())
+    })
+    .await;
+
+    let again = DeliverBatch {
+        notification_ids: ids.clone(),
+        first_delivery: true,
+    };
+    let job_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO job_outbox (id, queue, kind, args, max_attempts, created_at)
+         VALUES ($1, 'notify', $2, $3, 8, now() - interval '1 minute')",
+    )
+    .bind(job_id)
+    .bind(<DeliverBatch as Job>::KIND)
+    .bind(serde_json::to_value(&again).unwrap())
+    .execute(&env.services.db)
+    .await
+    .unwrap();
+    let relayed = groundcrew_jobs::outbox::relay_once(&env.services.db, &env.services.broker)
+        .await
+        .unwrap();
+    assert_eq!(relayed, 1);
+    eventually(WITHIN, "the relayed batch to finish", || async {
+        let record = env.services.broker.job(job_id).await.unwrap()?;
+        (record.status == "succeeded").then_some(())
+    })
+    .await;
+    assert_eq!(apns.request_count(), 1, "the push was not sent again");
+    assert_eq!(
+        status_of(&deliveries(&env, ids[0]).await, "relayed-again"),
+        "sent"
+    );
 }
 
 /// A notify pool's first burst on a new connection is larger than the server's stream limit:

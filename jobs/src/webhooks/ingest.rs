@@ -127,9 +127,7 @@ async fn write_batch(target: &Target, batch: Vec<Receipt>) {
         .collect();
     let metas: Vec<JobMeta> = batch
         .iter()
-        .map(|r| JobMeta {
-            request_id: r.request_id.clone(),
-        })
+        .map(|r| JobMeta::new(r.request_id.clone()))
         .collect();
     let column = |field: fn(&Incoming) -> &str| -> Vec<&str> {
         batch.iter().map(|r| field(&r.incoming)).collect()

@@ -27,7 +27,7 @@ use chrono::{DateTime, NaiveTime, Utc};
 use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row, postgres::PgRow};
 use uuid::Uuid;
 
 use super::{
@@ -186,7 +186,6 @@ struct ExistingRow {
 }
 
 /// A notification as the run reads it, with what its user set and has.
-#[derive(sqlx::FromRow)]
 struct Found {
     id: Uuid,
     user_id: Uuid,
@@ -206,19 +205,89 @@ struct Found {
     now: DateTime<Utc>,
     suppressed: bool,
     /// The user's enabled devices when the notification pushes.
-    #[sqlx(skip)]
     devices: Vec<Device>,
 }
 
 /// One row of the read: a notification with one device, or with none (no device columns).
-#[derive(sqlx::FromRow)]
 struct FoundRow {
-    #[sqlx(flatten)]
     notification: Found,
     token: Option<String>,
     platform: Option<String>,
     app_id: Option<String>,
     sandbox: Option<bool>,
+}
+
+// The read: one row per (notification, enabled device), the delivery rows by a second
+// statement. Postgres spends 6.1 µs per notification on the two where it spent 7.7
+// aggregating devices and rows into arrays per notification (two LATERAL array_agg
+// subqueries), 8.9 instead of 12.2 µs when each has a row (backend CPU, batches of 100).
+// Both look up each notification's rows by index in a LATERAL subquery that `OFFSET 0` keeps
+// from being flattened into a join: as a join, tables without statistics yet (new, or filled
+// since autovacuum last ran) were hash-joined against a full scan of `devices` and of
+// `notification_deliveries` for every batch, and Postgres took 77 % of the machine
+// (bench_notify: 9.4k push/s against 18.6k).
+// The ids are compared with `ANY` of an InitPlan's array, not of `$1` itself: with `$1`,
+// each of a connection's first five runs was planned for its 100 literal ids, and priced
+// against 100 index probes Postgres chose to read `notifications` in full (2 ms of 2.4 a
+// batch at 20,000 notifications). On a pool of 20 fresh connections that was half the
+// batches of a 20,000-push run: 8–10 ms a batch on average in Postgres, 1.3–1.4 now.
+// Behind the InitPlan every plan looks the ids up, and after five runs the plan is kept,
+// not made again.
+// The user's row is looked up only for what needs it, an email (address, handle) or quiet
+// hours (time zone): a push-only notification to a user without quiet hours, a bulk send's
+// usual case, skips the probe (a One-Time Filter on the fenced subquery).
+const READ_NOTIFICATIONS: &str =
+    "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
+            n.created_at, u.email AS address, u.handle, u.timezone,
+            p.categories, p.quiet_start, p.quiet_end, now() AS now,
+            n.email IS NOT NULL AND EXISTS (
+                SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
+                AS suppressed,
+            d.token, d.platform, d.app_id, d.sandbox
+     FROM notifications n
+     LEFT JOIN notification_preferences p ON p.user_id = n.user_id
+     LEFT JOIN LATERAL (
+         SELECT u.email, u.handle, u.timezone FROM users u
+         WHERE (n.email IS NOT NULL OR p.quiet_start IS NOT NULL) AND u.id = n.user_id
+         OFFSET 0) u ON true
+     LEFT JOIN LATERAL (
+         SELECT d.token, d.platform, d.app_id, d.environment = 'sandbox' AS sandbox
+         FROM devices d WHERE n.push AND d.user_id = n.user_id AND d.enabled OFFSET 0) d
+         ON true
+     WHERE n.id = ANY(COALESCE((SELECT $1::uuid[]), '{}'))";
+
+impl sqlx::FromRow<'_, PgRow> for FoundRow {
+    /// By position, in the order of [`READ_NOTIFICATIONS`]'s columns (types are still checked):
+    /// by name, each of a row's 21 columns was looked up in a map, a third of sqlx's CPU in a
+    /// push run.
+    fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Ok(FoundRow {
+            notification: Found {
+                id: row.try_get(0)?,
+                user_id: row.try_get(1)?,
+                category: row.try_get(2)?,
+                title: row.try_get(3)?,
+                body: row.try_get(4)?,
+                data: row.try_get(5)?,
+                push: row.try_get(6)?,
+                email: row.try_get(7)?,
+                created_at: row.try_get(8)?,
+                address: row.try_get(9)?,
+                handle: row.try_get(10)?,
+                timezone: row.try_get(11)?,
+                categories: row.try_get(12)?,
+                quiet_start: row.try_get(13)?,
+                quiet_end: row.try_get(14)?,
+                now: row.try_get(15)?,
+                suppressed: row.try_get(16)?,
+                devices: Vec::new(),
+            },
+            token: row.try_get(17)?,
+            platform: row.try_get(18)?,
+            app_id: row.try_get(19)?,
+            sandbox: row.try_get(20)?,
+        })
+    }
 }
 
 struct Device {
@@ -248,48 +317,10 @@ async fn deliver(
     // Both reads on one connection: sqlx answers a round trip (a ping) for every connection
     // given back to the pool. It goes back before the sends, which take milliseconds.
     let mut conn = services.db.acquire().await?;
-    // One row per (notification, enabled device), and the delivery rows by a second statement:
-    // Postgres spends 6.1 µs per notification on the two where it spent 7.7 aggregating devices
-    // and rows into arrays per notification (two LATERAL array_agg subqueries), 8.9 instead of
-    // 12.2 µs when each has a row (backend CPU, batches of 100). Both look up each
-    // notification's rows by index in a LATERAL subquery that `OFFSET 0` keeps from being
-    // flattened into a join: as a join, tables without statistics yet (new, or filled since
-    // autovacuum last ran) were hash-joined against a full scan of `devices` and of
-    // `notification_deliveries` for every batch, and Postgres took 77 % of the machine
-    // (bench_notify: 9.4k push/s against 18.6k).
-    // The ids are compared with `ANY` of an InitPlan's array, not of `$1` itself: with `$1`,
-    // each of a connection's first five runs was planned for its 100 literal ids, and priced
-    // against 100 index probes Postgres chose to read `notifications` in full (2 ms of 2.4 a
-    // batch at 20,000 notifications). On a pool of 20 fresh connections that was half the
-    // batches of a 20,000-push run: 8–10 ms a batch on average in Postgres, 1.3–1.4 now.
-    // Behind the InitPlan every plan looks the ids up, and after five runs the plan is kept,
-    // not made again.
-    // The user's row is looked up only for what needs it, an email (address, handle) or quiet
-    // hours (time zone): a push-only notification to a user without quiet hours, a bulk send's
-    // usual case, skips the probe (a One-Time Filter on the fenced subquery).
-    let rows: Vec<FoundRow> = sqlx::query_as(
-        "SELECT n.id, n.user_id, n.category, n.title, n.body, n.data, n.push, n.email,
-                n.created_at, u.email AS address, u.handle, u.timezone,
-                p.categories, p.quiet_start, p.quiet_end, now() AS now,
-                n.email IS NOT NULL AND EXISTS (
-                    SELECT 1 FROM email_suppressions s WHERE s.email = lower(u.email))
-                    AS suppressed,
-                d.token, d.platform, d.app_id, d.sandbox
-         FROM notifications n
-         LEFT JOIN notification_preferences p ON p.user_id = n.user_id
-         LEFT JOIN LATERAL (
-             SELECT u.email, u.handle, u.timezone FROM users u
-             WHERE (n.email IS NOT NULL OR p.quiet_start IS NOT NULL) AND u.id = n.user_id
-             OFFSET 0) u ON true
-         LEFT JOIN LATERAL (
-             SELECT d.token, d.platform, d.app_id, d.environment = 'sandbox' AS sandbox
-             FROM devices d WHERE n.push AND d.user_id = n.user_id AND d.enabled OFFSET 0) d
-             ON true
-         WHERE n.id = ANY(COALESCE((SELECT $1::uuid[]), '{}'))",
-    )
-    .bind(notification_ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<FoundRow> = sqlx::query_as(READ_NOTIFICATIONS)
+        .bind(notification_ids)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut found: Vec<Found> = Vec::new();
     let mut position = HashMap::new();
     for row in rows {

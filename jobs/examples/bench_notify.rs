@@ -58,6 +58,8 @@ async fn main() {
     let emails = args.get(1).copied().unwrap_or(2_000);
     let runs = args.get(2).copied().unwrap_or(3);
 
+    // The workers binary's metrics recorder: with none, every counter is free.
+    groundcrew_jobs::telemetry::metrics();
     let apns = FakeApns::start().await;
     let fcm = FakeFcm::start().await;
     let smtp = SmtpServer::start();

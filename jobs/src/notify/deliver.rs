@@ -402,7 +402,9 @@ async fn deliver(
     // Collected before the await: a closure held across it trips rustc's `Send` check of the
     // job's future (rust-lang/rust#102211).
     let sends: Vec<_> = dues.iter().map(|d| send(ctx, &messages, d)).collect();
-    outcomes.extend(join_all(sends).await);
+    let sent = join_all(sends).await;
+    count_sends(&sent);
+    outcomes.extend(sent);
     record_outcomes(ctx, &outcomes).await
 }
 
@@ -649,14 +651,6 @@ fn attempted(due: &Due, status: &'static str) -> Outcome {
 }
 
 fn settle_push(due: &Due, outcome: PushOutcome) -> Outcome {
-    metrics::counter!("groundcrew_notify_sends_total", "channel" => due.channel,
-    "outcome" => match &outcome {
-        PushOutcome::Sent => "sent",
-        PushOutcome::InvalidToken(_) => "invalid_token",
-        PushOutcome::Retry { .. } => "retry",
-        PushOutcome::Failed(_) => "failed",
-    })
-    .increment(1);
     match outcome {
         PushOutcome::Sent => attempted(due, "sent"),
         PushOutcome::InvalidToken(detail) => Outcome {
@@ -700,14 +694,6 @@ async fn send_email(
         Ok(message) => mailer.send(message).await,
         Err(detail) => MailOutcome::Failed(detail),
     };
-    metrics::counter!("groundcrew_notify_sends_total", "channel" => "email",
-    "outcome" => match &outcome {
-        MailOutcome::Sent => "sent",
-        MailOutcome::Retry(_) => "retry",
-        MailOutcome::Failed(_) => "failed",
-        MailOutcome::Busy => "busy",
-    })
-    .increment(1);
     match outcome {
         MailOutcome::Sent => attempted(due, "sent"),
         MailOutcome::Retry(detail) => Outcome {
@@ -725,6 +711,31 @@ async fn send_email(
             continued: true,
             ..attempted(due, "pending")
         },
+    }
+}
+
+/// Counts a run's sends by channel and outcome (`groundcrew_notify_sends_total`), once per
+/// pair: a counter looked up per send cost the Prometheus recorder's key building and map
+/// lookup on every push.
+fn count_sends(sent: &[Outcome]) {
+    let mut counts: HashMap<(&'static str, &'static str), u64> = HashMap::new();
+    for o in sent.iter().filter(|o| o.attempted || o.continued) {
+        let outcome = if o.continued {
+            "busy"
+        } else if o.dead_token {
+            "invalid_token"
+        } else if o.retry_after.is_some() {
+            "retry"
+        } else if o.status == "sent" {
+            "sent"
+        } else {
+            "failed"
+        };
+        *counts.entry((o.channel, outcome)).or_default() += 1;
+    }
+    for ((channel, outcome), n) in counts {
+        metrics::counter!("groundcrew_notify_sends_total", "channel" => channel, "outcome" => outcome)
+            .increment(n);
     }
 }
 
